@@ -1,0 +1,9 @@
+"""aelab: the autoencoder family in PyTorch, from the plain AE to the VAE and its variants."""
+
+from aelab import data, metrics, models  # noqa: F401  (registration)
+from aelab.models.base import Autoencoder, build_model
+from aelab.registry import DATASETS, LIKELIHOODS, METRICS, MODELS
+
+__version__ = "0.1.0"
+
+__all__ = ["DATASETS", "LIKELIHOODS", "METRICS", "MODELS", "Autoencoder", "build_model", "__version__"]
