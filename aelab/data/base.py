@@ -1,0 +1,247 @@
+"""Data set interface, typed data config and the one entry point :func:`load_data`.
+
+A data set here is one split of images that hands out whole batches: the trainer draws index
+tensors and calls :meth:`ImageDataset.get_batch`, so in-memory data sets answer with one
+indexing operation and generated ones (dSprites) render the batch in one vectorized call.
+There is no per-example ``__getitem__`` and no ``DataLoader`` worker machinery to configure.
+
+Example:
+    >>> import torch
+    >>> x = torch.randint(0, 256, (10, 1, 4, 6), dtype=torch.uint8)
+    >>> ds = TensorImageDataset(x, torch.arange(10) % 2)
+    >>> xb, yb = ds.get_batch(torch.tensor([0, 3]))
+    >>> xb.shape, xb.dtype, yb.tolist()
+    (torch.Size([2, 1, 4, 6]), torch.float32, [0, 1])
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from aelab.config import ConfigError
+from aelab.registry import DATASETS
+
+__all__ = [
+    "DataConfig",
+    "DataSplits",
+    "DatasetInfo",
+    "ImageDataset",
+    "Subset",
+    "TensorImageDataset",
+    "default_root",
+    "load_data",
+    "random_subset_indices",
+]
+
+
+class ImageDataset(abc.ABC):
+    """One split of an image data set, served a batch at a time.
+
+    Attributes:
+        shape: The shape ``(C, H, W)`` of one image.
+    """
+
+    shape: tuple[int, int, int]
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the examples at ``idx``.
+
+        Arguments:
+            idx: Indices into this split, int64 of shape ``(B,)``.
+
+        Returns:
+            ``x``: float32 images ``(B, C, H, W)`` in ``[0, 1]``. ``y``: int64 class labels
+            ``(B,)`` (``-1`` where the data has none) or, for factor data sets, int64 factor
+            indices ``(B, K)``.
+        """
+
+    @abc.abstractmethod
+    def subset(self, idx: Tensor) -> ImageDataset:
+        """Return the split restricted to ``idx`` (in that order)."""
+
+
+class TensorImageDataset(ImageDataset):
+    """An in-memory split: uint8 images and integer labels.
+
+    Images stay uint8 (a quarter of float32's memory) and are converted per batch.
+
+    Arguments:
+        x: uint8 images ``(N, C, H, W)``.
+        y: int64 labels ``(N,)`` or factors ``(N, K)``; ``-1`` marks unlabelled data.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"x must be uint8 of shape (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have shape (N,) or (N, K) with N = {x.shape[0]}, got {tuple(y.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must hold integers, got {y.dtype}")
+        self.x = x
+        self.y = y.long()
+        self.shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[idx].float().div_(255.0), self.y[idx]
+
+    def subset(self, idx: Tensor) -> TensorImageDataset:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return TensorImageDataset(self.x[idx], self.y[idx])
+
+    def __repr__(self) -> str:
+        return f"TensorImageDataset(n={len(self)}, shape={self.shape})"
+
+
+class Subset(ImageDataset):
+    """A view of ``dataset`` at ``indices``, for data sets that cannot index themselves cheaply.
+
+    Arguments:
+        dataset: The underlying split.
+        indices: int64 indices into ``dataset``.
+    """
+
+    def __init__(self, dataset: ImageDataset, indices: Tensor) -> None:
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.shape = dataset.shape
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.dataset.get_batch(self.indices[idx])
+
+    def subset(self, idx: Tensor) -> Subset:
+        return Subset(self.dataset, self.indices[torch.as_tensor(idx, dtype=torch.long)])
+
+
+@dataclass
+class DatasetInfo:
+    """What a model or metric needs to know about a data set besides its images.
+
+    Attributes:
+        name: The registered name.
+        shape: The image shape ``(C, H, W)``.
+        num_classes: Number of classes, ``None`` for unlabelled or factor data.
+        class_names: One name per class, where known.
+        factor_names: For factor data sets (dSprites), the name of each column of ``y``.
+        factor_sizes: The number of values of each factor.
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    factor_names: tuple[str, ...] | None = None
+    factor_sizes: tuple[int, ...] | None = None
+
+
+@dataclass
+class DataSplits:
+    """The train and test splits of one data set, with its :class:`DatasetInfo`."""
+
+    train: ImageDataset
+    test: ImageDataset
+    info: DatasetInfo
+
+
+@dataclass
+class DataConfig:
+    """Which data to load; stored in a run's ``config.json`` under ``"data"``.
+
+    Attributes:
+        name: A registered data set (``aelab.registry.DATASETS``).
+        root: Data directory. ``None`` means ``$AELAB_DATA_DIR``, else ``~/.cache/aelab/data``.
+        path: The user's file or folder, for ``npz`` and ``folder``.
+        download: Allow fetching the canonical files of ``mnist`` / ``fashion-mnist``.
+        train_subset: Size of a random (seeded) subset of the train split; ``None`` keeps all.
+        test_subset: Same for the test split.
+        seed: Seed of the subsets and of generated train/test splits.
+    """
+
+    name: str = "dsprites"
+    root: str | None = None
+    path: str | None = None
+    download: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("train_subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"data.{key} must be a positive int or None, got {value}")
+
+
+def default_root() -> Path:
+    """The data directory used when ``DataConfig.root`` is ``None``.
+
+    ``$AELAB_DATA_DIR`` when set, else ``~/.cache/aelab/data``.
+    """
+    env = os.environ.get("AELAB_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/aelab/data").expanduser()
+
+
+def resolve_root(cfg: DataConfig) -> Path:
+    """``cfg.root`` as a path, or :func:`default_root`."""
+    return Path(cfg.root).expanduser() if cfg.root is not None else default_root()
+
+
+def random_subset_indices(n: int, k: int, seed: int) -> Tensor:
+    """``k`` distinct indices out of ``n``, drawn at random with ``seed``.
+
+    Never "the first ``k``": the shared files are sorted by label, so a prefix would hold
+    one or two classes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:k]
+
+
+def _take_subset(ds: ImageDataset, k: int | None, seed: int, key: str) -> ImageDataset:
+    if k is None:
+        return ds
+    if k > len(ds):
+        raise ConfigError(f"data.{key}={k} is larger than the split ({len(ds)} examples)")
+    return ds.subset(random_subset_indices(len(ds), k, seed))
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Build the registered data set ``cfg.name`` and apply the configured subsets.
+
+    Arguments:
+        cfg: The data config.
+
+    Returns:
+        The train and test splits and their info.
+
+    Raises:
+        aelab.registry.UnknownNameError: ``cfg.name`` is not registered.
+        FileNotFoundError: The files are missing (the message says where it looked).
+
+    Example:
+        >>> splits = load_data(DataConfig(name="dsprites", train_subset=64))
+        >>> len(splits.train), splits.info.shape
+        (64, (1, 64, 64))
+    """
+    build = DATASETS.get(cfg.name)
+    splits: DataSplits = build(cfg)
+    # Distinct streams for the two splits, so equal sizes do not pick the same positions.
+    train = _take_subset(splits.train, cfg.train_subset, cfg.seed, "train_subset")
+    test = _take_subset(splits.test, cfg.test_subset, cfg.seed + 1, "test_subset")
+    return DataSplits(train=train, test=test, info=splits.info)
