@@ -1,0 +1,86 @@
+"""Latent heads map encoder features ``(B, F)`` to the encoder distribution q(z|x).
+
+Every head has the same call signature, ``head(h, step=None, encoding=False)``: ``step`` drives
+schedules during training (``None`` means "schedule finished", as at evaluation), and
+``encoding=True`` asks for the codes used as features downstream (e.g. alpha*k in a k-sparse AE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from aelab.distributions import PointMass
+from aelab.losses.schedules import Schedule, constant
+from aelab.nn.backbones import ACTIVATIONS
+
+
+class LatentHead(nn.Module):
+    """Base class of latent heads (abstract: subclasses implement ``forward``)."""
+
+    latent_dim: int
+
+    def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
+        raise NotImplementedError  # abstract
+
+
+class DeterministicHead(LatentHead):
+    """A linear map, optionally followed by an activation, as a point mass.
+
+    Args:
+        in_features: encoder feature width F.
+        latent_dim: code size D.
+        activation: a registered activation name (``sigmoid`` for sparse and contractive AEs)
+            or ``None`` for linear codes.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, activation: str | None = None) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.linear = nn.Linear(in_features, latent_dim)
+        self.activation = ACTIVATIONS.get(activation)() if activation else nn.Identity()
+
+    def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
+        return PointMass(self.activation(self.linear(h)))
+
+
+def top_k_mask(codes: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` largest entries of each row and zero the rest, ``(B, D) -> (B, D)``.
+
+    Built with ``scatter`` of the kept values, so the gradient reaches only the kept entries.
+    """
+    k = max(1, min(k, codes.shape[-1]))
+    values, index = codes.topk(k, dim=-1)
+    return torch.zeros_like(codes).scatter(-1, index, values)
+
+
+class TopKHead(LatentHead):
+    """Linear codes of which only the k largest survive (the k-sparse autoencoder).
+
+    Args:
+        in_features: encoder feature width F.
+        latent_dim: code size D.
+        k: a schedule of the number of kept codes (e.g. from D down to the target k).
+        alpha: at encoding time ``round(alpha * k)`` codes are kept (Makhzani & Frey use alpha >= 1
+            so features are less sparse than during training).
+
+    References:
+        Makhzani & Frey, "k-Sparse Autoencoders", ICLR 2014.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, k: Schedule | int, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.linear = nn.Linear(in_features, latent_dim)
+        self.k = constant(k) if isinstance(k, int) else k
+        self.alpha = alpha
+
+    def k_at(self, step: int | None, encoding: bool = False) -> int:
+        k = int(round(self.k(step)))
+        return int(min(self.latent_dim, math.ceil(self.alpha * k))) if encoding else k
+
+    def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
+        return PointMass(top_k_mask(self.linear(h), self.k_at(step, encoding)))

@@ -1,0 +1,55 @@
+"""The objective: a weighted sum of named terms, each giving one value per example.
+
+The batch mean is taken here and only here, so every term is written per example and weights
+(constants or schedules of the step) live outside the terms.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from aelab.losses.schedules import Schedule, constant
+from aelab.outputs import LossOutput, ModelOutput
+
+
+class Term(Protocol):
+    """A loss term: ``term(out, model) -> Tensor`` of shape ``(B,)``, to be minimised."""
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor: ...
+
+
+class Objective:
+    """``loss = mean_b sum_t w_t(step) * term_t(out)_b``.
+
+    Args:
+        terms: name -> (term, weight); a weight is a number or a schedule of the step.
+
+    Example:
+        >>> from aelab.losses.terms import ReconstructionNLL
+        >>> obj = Objective({"recon": (ReconstructionNLL(), 1.0)})
+        >>> sorted(obj.terms)
+        ['recon']
+    """
+
+    def __init__(self, terms: dict[str, tuple[Term, Schedule | float]]) -> None:
+        self.terms: dict[str, tuple[Term, Schedule]] = {
+            name: (term, constant(float(w)) if isinstance(w, (int, float)) else w)
+            for name, (term, w) in terms.items()
+        }
+
+    def weights(self, step: int | None) -> dict[str, float]:
+        return {name: w(step) for name, (_, w) in self.terms.items()}
+
+    def __call__(self, out: ModelOutput, model: nn.Module, step: int | None = None) -> LossOutput:
+        per_example = torch.zeros(out.x.shape[0], device=out.x.device, dtype=out.x.dtype)
+        logs: dict[str, Tensor] = {}
+        for name, (term, weight) in self.terms.items():
+            value = term(out, model)
+            logs[name] = value.detach().mean()
+            w = weight(step)
+            if w != 0.0:
+                per_example = per_example + w * value
+        return LossOutput(loss=per_example.mean(), terms=logs, per_example=per_example.detach())

@@ -1,0 +1,154 @@
+"""Encoder and decoder backbones for images of any size.
+
+An encoder maps images ``(B, C, H, W)`` to features ``(B, F)``; a latent head turns those into
+q(z|x). A decoder maps codes ``(B, D)`` to likelihood parameters ``(B, C * P, H, W)``. Nothing is
+hard-wired to 28x28 or 64x64: the conv stack records its feature-map sizes on the way down and the
+decoder retraces them exactly (``output_padding`` restores odd sizes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aelab.registry import BACKBONES, Registry
+
+ACTIVATIONS: Registry = Registry("activation")
+for _name, _cls in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
+                    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}.items():
+    ACTIVATIONS.register(_name, help=_cls.__name__)(_cls)
+
+
+@dataclass
+class BackboneConfig:
+    """Encoder/decoder architecture; the decoder mirrors the encoder.
+
+    Attributes:
+        kind: ``mlp`` or ``conv``.
+        hidden: MLP layer widths, input side first.
+        channels: conv channels, one stride-2 stage each (4x4 kernels).
+        fc: conv only: width of a dense layer between the conv stack and the code (0 = none).
+        activation: a registered activation name.
+    """
+
+    kind: str = "mlp"
+    hidden: tuple[int, ...] = (512, 256)
+    channels: tuple[int, ...] = (32, 64, 64)
+    fc: int = 256
+    activation: str = "relu"
+
+
+def _act(name: str) -> nn.Module:
+    return ACTIVATIONS.get(name)()
+
+
+def _mlp(widths: list[int], activation: str, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_activation or i < len(widths) - 2:
+            layers.append(_act(activation))
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.net = _mlp([math.prod(shape), *cfg.hidden], cfg.activation, last_activation=True)
+        self.out_features = cfg.hidden[-1] if cfg.hidden else math.prod(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], out_channels: int,
+                 cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.out_shape = (out_channels, shape[1], shape[2])
+        widths = [latent_dim, *reversed(cfg.hidden), math.prod(self.out_shape)]
+        self.net = _mlp(widths, cfg.activation, last_activation=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(z.shape[0], *self.out_shape)
+
+
+def _conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
+    sizes = [(h, w)]
+    for _ in range(stages):
+        h, w = sizes[-1]
+        if h < 2 or w < 2:
+            raise ValueError(f"image {sizes[0]} is too small for {stages} stride-2 conv stages")
+        sizes.append((h // 2, w // 2))  # k=4, s=2, p=1 halves (floor)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], cfg: BackboneConfig) -> None:
+        super().__init__()
+        c, h, w = shape
+        sizes = _conv_sizes(h, w, len(cfg.channels))
+        layers: list[nn.Module] = []
+        for cin, cout in zip([c, *cfg.channels[:-1]], cfg.channels):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), _act(cfg.activation)]
+        layers.append(nn.Flatten())
+        flat = cfg.channels[-1] * sizes[-1][0] * sizes[-1][1]
+        if cfg.fc:
+            layers += [nn.Linear(flat, cfg.fc), _act(cfg.activation)]
+        self.net = nn.Sequential(*layers)
+        self.out_features = cfg.fc or flat
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], out_channels: int,
+                 cfg: BackboneConfig) -> None:
+        super().__init__()
+        _, h, w = shape
+        sizes = _conv_sizes(h, w, len(cfg.channels))
+        chans = list(reversed(cfg.channels))
+        self.start = (chans[0], *sizes[-1])
+        flat = math.prod(self.start)
+        dense: list[nn.Module] = []
+        if cfg.fc:
+            dense += [nn.Linear(latent_dim, cfg.fc), _act(cfg.activation), nn.Linear(cfg.fc, flat)]
+        else:
+            dense += [nn.Linear(latent_dim, flat)]
+        self.dense = nn.Sequential(*dense, _act(cfg.activation))
+        layers: list[nn.Module] = []
+        outs = [*chans[1:], out_channels]
+        for i, (cin, cout) in enumerate(zip(chans, outs)):
+            (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
+            pad = (ho - 2 * hi, wo - 2 * wi)  # 0 or 1: recovers odd sizes exactly
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, output_padding=pad))
+            if i < len(chans) - 1:
+                layers.append(_act(cfg.activation))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(self.dense(z).view(z.shape[0], *self.start))
+
+
+BACKBONES.register("mlp", help="fully connected encoder/decoder")((MLPEncoder, MLPDecoder))
+BACKBONES.register("conv", help="stride-2 conv encoder, transposed-conv decoder")((ConvEncoder, ConvDecoder))
+
+
+def build_encoder(shape: tuple[int, int, int], cfg: BackboneConfig) -> nn.Module:
+    return BACKBONES.get(cfg.kind)[0](shape, cfg)
+
+
+def build_decoder(latent_dim: int, shape: tuple[int, int, int], out_channels: int,
+                  cfg: BackboneConfig) -> nn.Module:
+    return BACKBONES.get(cfg.kind)[1](latent_dim, shape, out_channels, cfg)
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["BackboneConfig", "build_decoder", "build_encoder", "num_parameters", "torch"]
