@@ -1,0 +1,56 @@
+"""Reconstruction metrics over a data split."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from aelab.data.base import ImageDataset
+from aelab.likelihoods import mean_image
+from aelab.registry import METRICS
+from aelab.training.batches import eval_batches
+
+
+@METRICS.register("reconstruction")
+def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
+                            limit: int | None = None) -> dict[str, float]:
+    """Mean objective, each term, and squared error of the mean reconstruction, per example.
+
+    Runs the model in evaluation mode (no corruption; schedules at their final value).
+    ``mse`` is per pixel; ``loss`` and the terms are per example (nats for NLL terms).
+    """
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    try:
+        with torch.no_grad():
+            for x, _ in eval_batches(data, batch_size, limit):
+                out = model(x)
+                lo = model.objective(out, model, None)
+                b = x.shape[0]
+                sums = {"loss": lo.per_example.sum().item()}
+                sums |= {k: v.item() * b for k, v in lo.terms.items()}
+                sums["mse"] = (mean_image(out.px_z) - x).pow(2).mean(dim=(1, 2, 3)).sum().item()
+                for k, v in sums.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += b
+    finally:
+        model.train(was_training)
+    return {k: v / n for k, v in totals.items()}
+
+
+@torch.no_grad()
+def encode_dataset(model, data: ImageDataset, batch_size: int = 1000,
+                   limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """Codes E[z|x] (encoding mode) and labels for a whole split: ``(N, D)``, ``(N, ...)``."""
+    was_training = model.training
+    model.eval()
+    zs, ys = [], []
+    try:
+        for x, y in eval_batches(data, batch_size, limit):
+            zs.append(model.encode(x).mean)
+            ys.append(y)
+    finally:
+        model.train(was_training)
+    return torch.cat(zs), torch.cat(ys)

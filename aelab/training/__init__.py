@@ -1,0 +1,5 @@
+"""The model-agnostic trainer, checkpoints and exact resume."""
+
+from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig"]

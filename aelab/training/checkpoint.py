@@ -1,0 +1,60 @@
+"""Pickle-free trainer checkpoints: one safetensors file, written atomically.
+
+``trainer_state.safetensors`` holds everything a resumed run needs (model weights, optimizer
+moments, the RNG state) as tensors, plus JSON metadata (step, epoch, optimizer hyper-parameters).
+One file means one atomic rename: a run killed at any moment leaves the previous checkpoint or
+the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from aelab.io import atomic_path
+
+STATE_NAME = "trainer_state.safetensors"
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    meta: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().contiguous()
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for k, v in state.items():
+            if not torch.is_tensor(v):
+                raise TypeError(f"optimizer state {pid}.{k} is not a tensor ({type(v).__name__})")
+            tensors[f"optim.{pid}.{k}"] = v.detach().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    info = {**meta, "param_groups": opt["param_groups"]}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info)})
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from ``path``; returns the metadata (step, epoch, ...)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: nothing to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["aelab"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise ValueError(f"{path}: cannot read trainer checkpoint ({e})") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta

@@ -1,0 +1,291 @@
+"""A model-agnostic training loop with exact resume.
+
+The loop knows nothing about the model beyond ``model.loss(x, step) -> LossOutput``. Everything
+that changes with time is a pure function of the step (learning-rate and weight schedules, the
+data order), and the one stateful thing, torch's RNG, is checkpointed with the weights and the
+optimizer. So a run stopped after any checkpoint and resumed ends bit-identical (on CPU, same
+thread count) to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aelab.data.base import ImageDataset
+from aelab.io import atomic_write_text
+from aelab.losses.schedules import lr_multiplier
+from aelab.training.batches import steps_per_epoch, train_batches
+from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass
+class TrainerConfig:
+    """Attributes:
+    epochs: passes over the training split.
+    max_steps: stop after this many optimizer steps in total (``None``: run all epochs).
+    batch_size: training batch size.
+    eval_batch_size: batch size for evaluation.
+    optimizer: ``adam`` or ``adamw``.
+    lr: base learning rate.
+    weight_decay: L2 (adam) or decoupled (adamw) weight decay.
+    betas: Adam's (beta1, beta2).
+    lr_schedule: ``constant``, ``cosine`` or ``linear`` decay over the run, after warm-up.
+    warmup_steps: linear learning-rate warm-up.
+    grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+    seed: seeds torch's RNG at the start of a fresh run and the data order of every epoch.
+    checkpoint_every: write a resumable checkpoint every this many steps (and at each epoch end).
+    log_every: log training losses every this many steps.
+    eval_limit: evaluate on at most this many test examples (``None``: all).
+    images: write PNG grids of reconstructions (and samples) after each epoch.
+    progress: show a progress bar (only on a terminal).
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+    eval_limit: int | None = None
+    images: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"trainer.optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        lr_multiplier(self.lr_schedule, 0, 1)  # validates the name
+        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept on disk."""
+
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` and evaluates on ``test`` after each epoch.
+
+    Args:
+        model: anything with ``loss(x, step) -> LossOutput`` (all aelab models).
+        train, test: data splits.
+        cfg: trainer settings.
+        run_dir: where checkpoints, metrics, TensorBoard events and pictures go (``None``: nowhere).
+        evaluate: ``evaluate(model, test) -> dict[str, float]`` run after each epoch.
+        on_epoch_end: callbacks ``(trainer, metrics)``, e.g. for printing.
+        run_config: the full run configuration, saved as ``config.json`` with the weights.
+
+    Example:
+        >>> from aelab.data.base import TensorImageDataset
+        >>> from aelab.models import build_model
+        >>> data = TensorImageDataset(torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8),
+        ...                           torch.zeros(64, dtype=torch.long))
+        >>> model = build_model("ae", image_shape=(1, 8, 8), latent_dim=4, backbone={"hidden": (16,)})
+        >>> t = Trainer(model, data, data, TrainerConfig(epochs=2, batch_size=16, images=False))
+        >>> t.fit().keys() >= {"loss", "mse"}, t.step
+        (True, 8)
+    """
+
+    def __init__(self, model: nn.Module, train: ImageDataset, test: ImageDataset | None,
+                 cfg: TrainerConfig, run_dir: str | Path | None = None,
+                 evaluate: Callable[[nn.Module, ImageDataset], dict[str, float]] | None = None,
+                 on_epoch_end: list[Callback] | None = None,
+                 run_config: dict[str, Any] | None = None) -> None:
+        self.model, self.train_data, self.test_data, self.cfg = model, train, test, cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if evaluate is None:
+            from aelab.metrics.reconstruction import evaluate_reconstruction
+
+            def evaluate(m: nn.Module, d: ImageDataset) -> dict[str, float]:
+                return evaluate_reconstruction(m, d, cfg.eval_batch_size, cfg.eval_limit)
+        self.evaluate = evaluate
+        self.callbacks = list(on_epoch_end or [])
+        self.run_config = run_config
+        self.optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                   weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.step = 0
+        self.last_metrics: dict[str, float] = {}
+        self._writer = None
+        self._checkpoint_step: int | None = None
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            split = record["split"]
+            for k, v in record.items():
+                if k not in ("step", "epoch", "split", "time") and isinstance(v, (int, float)):
+                    self._writer.add_scalar(f"{split}/{k}", v, record["step"])
+
+    def _open_writer(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional; metrics.jsonl has everything
+            return
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def save(self) -> None:
+        """Write a resumable checkpoint and the current weights (each file atomically)."""
+        if self.run_dir is None:
+            return
+        save_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizer,
+                        {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps})
+        extra = {k: v for k, v in (self.run_config or {}).items() if k not in ("model", "model_config")}
+        self.model.save_pretrained(self.run_dir, extra_config=extra)
+        self._checkpoint_step = self.step
+
+    def resume(self) -> None:
+        """Continue from ``run_dir``'s checkpoint: weights, optimizer, RNG and step."""
+        if self.run_dir is None:
+            raise ValueError("resume needs a run directory")
+        meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizer)
+        self.step = int(meta["step"])
+        self._checkpoint_step = self.step
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():  # drop records written after the checkpoint: they will be redone
+            lines = [ln for ln in metrics.read_text().splitlines()
+                     if ln.strip() and json.loads(ln)["step"] <= self.step]
+            atomic_write_text(metrics, "".join(ln + "\n" for ln in lines))
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train until ``total_steps``; returns the last evaluation metrics."""
+        cfg = self.cfg
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        else:
+            torch.manual_seed(cfg.seed)
+        if self.run_dir is not None:
+            self._open_writer()
+        self.model.train()
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, disable=None, dynamic_ncols=True,
+                       desc=f"epoch {self.epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}")
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                t0 = time.perf_counter()
+                seen = 0
+                for x, _ in train_batches(self.train_data, cfg.batch_size, cfg.seed, epoch, start):
+                    logs = self._train_step(x)
+                    seen += x.shape[0]
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+                    if self.step % cfg.log_every == 0:
+                        self._log({"step": self.step, "epoch": epoch, "split": "train", **logs})
+                    if self.step % cfg.checkpoint_every == 0 and self.step % self.steps_per_epoch:
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+                seconds = time.perf_counter() - t0
+                self._end_epoch(epoch, seconds, seen)
+                if bar is not None:
+                    bar.set_description(f"epoch {self.epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}")
+        finally:
+            if bar is not None:
+                bar.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        return self.last_metrics
+
+    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        lr = cfg.lr * lr_multiplier(cfg.lr_schedule, self.step, self.total_steps, cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.model.loss(x, self.step)
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            self._non_finite("loss", loss, out.terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            if not math.isfinite(norm):
+                self._non_finite("gradient norm", norm, out.terms)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss, **{k: v.item() for k, v in out.terms.items()}, "lr": lr}
+
+    def _non_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
+        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        where = (f"the last good checkpoint in {self.run_dir} is from step {self._checkpoint_step}"
+                 if self._checkpoint_step is not None and self.run_dir is not None
+                 else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"{what} became {value} at step {self.step} (epoch {self.epoch + 1}); terms: {detail}. "
+            f"Nothing was written for this step; {where}. Lower trainer.lr or set trainer.grad_clip."
+        )
+
+    def _end_epoch(self, epoch: int, seconds: float, seen: int) -> None:
+        metrics: dict[str, Any] = {"step": self.step, "epoch": epoch, "split": "test"}
+        # evaluation and pictures must not consume the training RNG stream (exact resume)
+        with torch.random.fork_rng(devices=[]):
+            if self.test_data is not None:
+                metrics |= self.evaluate(self.model, self.test_data)
+            if self.run_dir is not None and self.cfg.images and self.test_data is not None:
+                self.write_images(epoch)
+        metrics |= {"seconds": seconds, "samples_per_second": seen / max(seconds, 1e-9)}
+        self.model.train()
+        self._log(metrics)
+        self.last_metrics = {k: v for k, v in metrics.items() if k not in ("split",)}
+        self.save()
+        for cb in self.callbacks:
+            cb(self, self.last_metrics)
+
+    def write_images(self, epoch: int) -> None:
+        from aelab.report.images import reconstruction_grid, save_image_grid
+
+        images = self.run_dir / "images"
+        n = min(32, len(self.test_data))
+        # a fixed spread of test images (the built-in splits are sorted by label)
+        idx = torch.linspace(0, len(self.test_data) - 1, n).long()
+        x, _ = self.test_data.get_batch(idx)
+        self.model.eval()
+        grid = reconstruction_grid(x, self.model.reconstruct(x))
+        save_image_grid(grid, images / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
+        if getattr(self.model, "prior", None) is not None:
+            g = torch.Generator().manual_seed(0)
+            save_image_grid(self.model.sample(64, generator=g), images / f"samples_epoch{epoch + 1:03d}.png",
+                            nrow=8, scale=2)
+        self.model.train()
