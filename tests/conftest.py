@@ -1,0 +1,37 @@
+"""Shared fixtures: the shared real data directory and tiny model configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# tests and CI read the real data sets beside the checkout unless told otherwise
+os.environ.setdefault("AELAB_DATA_DIR", str(REPO.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ["AELAB_DATA_DIR"])
+
+#: a non-square, odd-sized image shape: proves nothing is hard-wired to 28x28
+TINY_SHAPE = (1, 12, 10)
+
+
+def tiny_overrides(name: str, kind: str = "mlp") -> dict:
+    """Smallest sensible config for each registered model, for the contract tests."""
+    cfg: dict = {"image_shape": TINY_SHAPE, "latent_dim": 6,
+                 "backbone": {"kind": kind, "hidden": (16,), "channels": (4, 8), "fc": 12}}
+    if name == "ksparse_ae":
+        cfg |= {"k": 2, "k_start": 5, "k_steps": 10, "alpha": 2.0}
+    return cfg
+
+
+@pytest.fixture
+def tiny_batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(5, *TINY_SHAPE, generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(1234)

@@ -1,0 +1,147 @@
+"""Trainer: exact resume, non-finite losses, checkpoints, schedules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_overrides
+from safetensors.torch import load_file
+
+from aelab.data.base import TensorImageDataset
+from aelab.losses.schedules import lr_multiplier, parse_schedule
+from aelab.models.base import Autoencoder, build_model
+from aelab.training.checkpoint import STATE_NAME
+from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig
+
+
+def _data(n: int = 90, seed: int = 0) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorImageDataset(torch.randint(0, 256, (n, 1, 12, 10), generator=g, dtype=torch.uint8),
+                              torch.randint(0, 3, (n,), generator=g))
+
+
+def _cfg(**kw) -> TrainerConfig:
+    base = dict(epochs=3, batch_size=16, checkpoint_every=4, log_every=1, images=False, progress=False,
+                lr_schedule="cosine", warmup_steps=3, grad_clip=5.0, seed=7)
+    return TrainerConfig(**(base | kw))
+
+
+def _model(name: str, seed: int) -> Autoencoder:
+    torch.manual_seed(seed)
+    return build_model(name, **tiny_overrides(name))
+
+
+class _InterruptError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["ae", "dae", "ksparse_ae", "sparse_ae", "cae"])
+@pytest.mark.parametrize("stop_at", [5, 6, 13])  # mid-epoch (after a checkpoint or not) and across an epoch end
+def test_resume_is_bit_identical(name, stop_at, tmp_path):
+    data, test = _data(), _data(30, seed=1)
+    full = Trainer(_model(name, 0), data, test, _cfg(), run_dir=tmp_path / "a")
+    full.fit()
+
+    first = Trainer(_model(name, 0), data, test, _cfg(), run_dir=tmp_path / "b")
+    step = first._train_step
+
+    def dying_step(x):
+        if first.step == stop_at:
+            raise _InterruptError
+        return step(x)
+
+    first._train_step = dying_step
+    with pytest.raises(_InterruptError):
+        first.fit()
+    # a fresh process would rebuild the model with any initialisation: resume must overwrite it
+    resumed = Trainer(_model(name, 99), data, test, _cfg(), run_dir=tmp_path / "b")
+    resumed.fit(resume=True)
+    assert resumed.step == full.step == 18
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics log is the same as the uninterrupted run's (records after the checkpoint redone)
+    strip = lambda p: [{k: v for k, v in json.loads(ln).items() if k not in ("seconds", "samples_per_second")}  # noqa: E731
+                       for ln in p.read_text().splitlines()]
+    assert strip(tmp_path / "a" / "metrics.jsonl") == strip(tmp_path / "b" / "metrics.jsonl")
+
+
+class _PoisonAt(TensorImageDataset):
+    """Returns a NaN batch from the ``n``-th call on."""
+
+    def __init__(self, base: TensorImageDataset, n: int) -> None:
+        super().__init__(base.x, base.y)
+        self.calls, self.n = 0, n
+
+    def get_batch(self, idx):
+        x, y = super().get_batch(idx)
+        self.calls += 1
+        return (x * float("nan"), y) if self.calls >= self.n else (x, y)
+
+
+def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
+    data = _PoisonAt(_data(), n=11)
+    t = Trainer(_model("ae", 0), data, None, _cfg(checkpoint_every=4), run_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 10 .*step 8"):
+        t.fit()
+    state = load_file(str(tmp_path / STATE_NAME))
+    assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
+    model = Autoencoder.from_pretrained(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the good checkpoint resumes (to the same NaN, since the data is poisoned deterministically)
+    t2 = Trainer(_model("ae", 1), _PoisonAt(_data(), n=3), None, _cfg(), run_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match="at step 10"):
+        t2.fit(resume=True)
+
+
+def test_checkpoint_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    t = Trainer(_model("ae", 0), _data(), None, _cfg(epochs=1), run_dir=tmp_path)
+    t.fit()
+    before = (tmp_path / STATE_NAME).read_bytes()
+    import aelab.training.checkpoint as ck
+
+    def broken_save(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        t.save()
+    assert (tmp_path / STATE_NAME).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_run_directory_contents(tmp_path):
+    cfg = _cfg(epochs=2, images=True)
+    Trainer(_model("ae", 0), _data(), _data(30, 1), cfg, run_dir=tmp_path).fit()
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", STATE_NAME, "metrics.jsonl", "tensorboard", "images"} <= names
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    pngs = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert pngs == ["reconstructions_epoch001.png", "reconstructions_epoch002.png"]
+    records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    tests = [r for r in records if r["split"] == "test"]
+    assert [r["epoch"] for r in tests] == [0, 1] and all("mse" in r and "recon" in r for r in tests)
+
+
+def test_max_steps_and_lr_schedule():
+    t = Trainer(_model("ae", 0), _data(), None, _cfg(epochs=5, max_steps=7, lr_schedule="linear",
+                                                       warmup_steps=0))
+    t.fit()
+    assert t.step == 7
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - 6 / 7))
+
+
+def test_schedules():
+    assert [lr_multiplier("cosine", s, 10, 2) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1, 1, 0.5, 0])
+    s = parse_schedule("cyclical(0, 1, 10, 0.5)")
+    assert [s(i) for i in (0, 2, 5, 9, 10, 12)] == pytest.approx([0, 0.4, 1, 1, 0, 0.4])
+    assert parse_schedule("cosine(1, 0, 4)")(2) == pytest.approx(0.5)
+    assert parse_schedule(3)(None) == 3.0
+    with pytest.raises(ValueError, match="cannot parse schedule"):
+        parse_schedule("sometimes(1)")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainerConfig(lr_schedule="warp")
