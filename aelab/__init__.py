@@ -1,6 +1,6 @@
 """aelab: the autoencoder family in PyTorch, from the plain AE to the VAE and its variants."""
 
-from aelab import data, metrics, models  # noqa: F401  (registration)
+from aelab import data, metrics, models, priors  # noqa: F401  (registration)
 from aelab.models.base import Autoencoder, build_model
 from aelab.registry import DATASETS, LIKELIHOODS, METRICS, MODELS
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 
@@ -52,3 +54,59 @@ class PointMass(Distribution):
 
     def entropy(self) -> Tensor:
         return torch.zeros(self.batch_shape, device=self.loc.device)
+
+
+class DiscretizedLogistic(Distribution):
+    """A logistic density integrated over the 256 bins of 8-bit pixel values in [0, 1].
+
+    Value ``k/255`` gets the logistic mass of ``[k/255 - 1/510, k/255 + 1/510]``; the end bins
+    take the tails, so the 256 probabilities sum to one and ``-log_prob`` is a code length:
+    dividing by ``log(2) * C * H * W`` gives bits per dimension.
+
+    Args:
+        loc: mean ``mu`` per pixel.
+        log_scale: ``log s`` per pixel (clamped below at -7 for stability).
+
+    References:
+        Salimans et al., "PixelCNN++", ICLR 2017; Kingma et al., "Improved Variational Inference
+        with Inverse Autoregressive Flow", NeurIPS 2016.
+
+    Example:
+        >>> d = DiscretizedLogistic(torch.tensor(0.5), torch.tensor(-2.0))
+        >>> probs = d.log_prob(torch.arange(256) / 255).exp()
+        >>> round(probs.sum().item(), 5)
+        1.0
+    """
+
+    arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
+    support = constraints.unit_interval
+    bins = 255
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, validate_args: bool | None = False) -> None:
+        self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale.clamp_min(-7.0))
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc.clamp(0.0, 1.0)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        half = 0.5 / self.bins
+        inv_s = torch.exp(-self.log_scale)
+        centered = value - self.loc
+        plus, minus = inv_s * (centered + half), inv_s * (centered - half)
+        log_cdf_plus = plus - nn.functional.softplus(plus)  # log sigmoid(plus): lowest bin
+        log_sf_minus = -nn.functional.softplus(minus)  # log (1 - sigmoid(minus)): highest bin
+        delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+        mid = inv_s * centered  # where the bin mass underflows, use density * bin width
+        log_pdf_mid = mid - self.log_scale - 2.0 * nn.functional.softplus(mid)
+        log_mid = torch.where(delta > 1e-5, torch.log(delta.clamp_min(1e-12)),
+                              log_pdf_mid + math.log(2 * half))
+        return torch.where(value < half, log_cdf_plus, torch.where(value > 1 - half, log_sf_minus, log_mid))
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            x = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * (torch.log(u) - torch.log1p(-u))
+            return (x.clamp(0.0, 1.0) * self.bins).round() / self.bins

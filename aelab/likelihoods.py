@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Laplace, Normal
 
+from aelab.distributions import DiscretizedLogistic
 from aelab.registry import LIKELIHOODS
 
 
@@ -22,8 +23,9 @@ class LikelihoodConfig:
     """Which p(x|z) the decoder parametrises.
 
     Attributes:
-        name: a registered likelihood (``bernoulli``, ``gaussian``).
-        scale: the Gaussian's standard deviation (its initial value if learned).
+        name: a registered likelihood (``bernoulli``, ``gaussian``, ``laplace``,
+            ``discretized_logistic``).
+        scale: the Gaussian's standard deviation or the Laplace's scale (initial value if learned).
         learn_scale: learn one scale per channel instead of keeping it fixed.
     """
 
@@ -55,12 +57,10 @@ class BernoulliLikelihood(Likelihood):
         return Independent(Bernoulli(logits=params, validate_args=False), 3)
 
 
-@LIKELIHOODS.register("gaussian")
-class GaussianLikelihood(Likelihood):
-    """Gaussian pixels: decoder gives the mean; the scale is fixed or learned per channel.
+class _LocationScaleLikelihood(Likelihood):
+    """Decoder gives the location; the scale is fixed or learned per channel."""
 
-    With ``scale=1`` the negative log-likelihood is half the summed squared error plus a constant.
-    """
+    family: type[Distribution]
 
     def __init__(self, channels: int, cfg: LikelihoodConfig) -> None:
         super().__init__(channels, cfg)
@@ -74,7 +74,37 @@ class GaussianLikelihood(Likelihood):
 
     def forward(self, params: Tensor) -> Distribution:
         scale = self.log_scale.exp().expand_as(params)
-        return Independent(Normal(params, scale, validate_args=False), 3)
+        return Independent(self.family(params, scale, validate_args=False), 3)
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(_LocationScaleLikelihood):
+    """Gaussian pixels: decoder gives the mean; the scale is fixed or learned per channel.
+
+    With ``scale=1`` the negative log-likelihood is half the summed squared error plus a constant.
+    """
+
+    family = Normal
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(_LocationScaleLikelihood):
+    """Laplace pixels (an L1 reconstruction loss); the scale is fixed or learned per channel."""
+
+    family = Laplace
+
+
+@LIKELIHOODS.register("discretized_logistic")
+class DiscretizedLogisticLikelihood(Likelihood):
+    """8-bit pixels: a logistic per pixel (mean and log-scale from the decoder) integrated over
+    each of the 256 bins, so the NLL is a code length and bits/dim is meaningful.
+    """
+
+    num_params = 2
+
+    def forward(self, params: Tensor) -> Distribution:
+        loc, log_scale = params.chunk(2, dim=1)
+        return Independent(DiscretizedLogistic(loc, log_scale), 3)
 
 
 def build_likelihood(channels: int, cfg: LikelihoodConfig) -> Likelihood:

@@ -1,5 +1,5 @@
 """Latent heads: encoder features -> q(z|x)."""
 
-from aelab.latents.heads import DeterministicHead, LatentHead, TopKHead
+from aelab.latents.heads import DeterministicHead, DiagonalGaussianHead, LatentHead, TopKHead
 
-__all__ = ["DeterministicHead", "LatentHead", "TopKHead"]
+__all__ = ["DeterministicHead", "DiagonalGaussianHead", "LatentHead", "TopKHead"]

@@ -11,7 +11,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, Normal
 
 from aelab.distributions import PointMass
 from aelab.losses.schedules import Schedule, constant
@@ -84,3 +84,23 @@ class TopKHead(LatentHead):
 
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
         return PointMass(top_k_mask(self.linear(h), self.k_at(step, encoding)))
+
+
+class DiagonalGaussianHead(LatentHead):
+    """q(z|x) = N(mu(x), diag sigma(x)^2), reparameterised (``rsample``).
+
+    The scale is ``exp(log_sigma)`` with ``log_sigma`` clamped to [-10, 10] (a guard against the
+    overflow that turns a bad step into NaN; it never binds in healthy training).
+
+    References:
+        Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.linear = nn.Linear(in_features, 2 * latent_dim)
+
+    def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
+        mu, log_sigma = self.linear(h).chunk(2, dim=-1)
+        return Independent(Normal(mu, log_sigma.clamp(-10.0, 10.0).exp(), validate_args=False), 1)

@@ -1,0 +1,66 @@
+"""The variational autoencoder and beta-VAE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+from aelab.latents.heads import DiagonalGaussianHead
+from aelab.losses.schedules import parse_schedule
+from aelab.losses.terms import KLDivergence, ReconstructionNLL
+from aelab.models.base import AEConfig, Autoencoder, build_autoencoder, register_model
+from aelab.priors.base import PriorConfig, build_prior
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    """Attributes:
+    latent_dim: code size D.
+    beta: weight of the KL term: a number or a schedule of the step, e.g. ``"linear(0, 1, 10000)"``
+        (KL annealing) or ``"cyclical(0, 1, 5000, 0.5)"`` (cyclical annealing).
+    monte_carlo_kl: use the one-sample KL estimate even where an analytic form exists.
+    free_bits: free-bits threshold lambda in nats (0: off).
+    free_bits_mode: ``dim`` (per latent dimension) or ``total``.
+    prior: p(z).
+    """
+
+    latent_dim: int = 16
+    beta: str = "1.0"
+    monte_carlo_kl: bool = False
+    free_bits: float = 0.0
+    free_bits_mode: str = "dim"
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def __post_init__(self) -> None:
+        parse_schedule(self.beta)  # fail at config time, naming the spec
+
+
+@register_model("vae", VAEConfig)
+def vae(cfg: VAEConfig) -> Autoencoder:
+    """Variational autoencoder: Gaussian q(z|x), prior p(z), loss -ELBO = -E log p(x|z) + beta KL.
+
+    References:
+        Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014;
+        Rezende et al., "Stochastic Backpropagation and Approximate Inference in Deep Generative
+        Models", ICML 2014.
+    """
+    head = partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim)
+    kl = KLDivergence(cfg.monte_carlo_kl, cfg.free_bits, cfg.free_bits_mode)
+    terms = {"recon": (ReconstructionNLL(), 1.0), "kl": (kl, parse_schedule(cfg.beta))}
+    return build_autoencoder(cfg, head, terms, prior=build_prior(cfg.latent_dim, cfg.prior))
+
+
+@dataclass
+class BetaVAEConfig(VAEConfig):
+    beta: str = "4.0"
+
+
+@register_model("beta_vae", BetaVAEConfig)
+def beta_vae(cfg: BetaVAEConfig) -> Autoencoder:
+    """beta-VAE: the VAE with the KL weighted by beta (default 4), constant or scheduled.
+
+    References:
+        Higgins et al., "beta-VAE: Learning Basic Visual Concepts with a Constrained Variational
+        Framework", ICLR 2017.
+    """
+    return vae(cfg)

@@ -1,0 +1,5 @@
+"""Priors p(z): modules whose ``forward()`` returns a ``torch.distributions`` object."""
+
+from aelab.priors.base import PriorConfig, StandardNormal, build_prior
+
+__all__ = ["PriorConfig", "StandardNormal", "build_prior"]
