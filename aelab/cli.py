@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_run_config(run_dir).with_overrides(args.set)
     else:
         if args.config:
-            cfg = load_run_config(args.config)
+            cfg = load_run_config(args.config, require_data=False)
             if args.model:
                 cfg = RunConfig(model=args.model, data=cfg.data, trainer=cfg.trainer)
         else:

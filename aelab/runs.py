@@ -75,8 +75,13 @@ class RunConfig:
         )
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read a run config from a JSON file or a run directory."""
+def load_run_config(path: str | Path, require_data: bool = True) -> RunConfig:
+    """Read a run config from a JSON file or a run directory.
+
+    Args:
+        path: a ``config.json`` or a run directory holding one.
+        require_data: refuse a config without a ``data`` section instead of assuming the default.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run directory or config file")
@@ -88,4 +93,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    if require_data and isinstance(data, dict) and "data" not in data:
+        raise ConfigError(f"{path} has no 'data' section (the model was trained on data passed in from Python); "
+                          "add one, e.g. \"data\": {\"name\": \"fashion-mnist\"}")
     return RunConfig.from_dict(data, str(path))
