@@ -23,7 +23,18 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
                  "backbone": {"kind": kind, "hidden": (16,), "channels": (4, 8), "fc": 12}}
     if name == "ksparse_ae":
         cfg |= {"k": 2, "k_start": 5, "k_steps": 10, "alpha": 2.0}
+    if name == "iaf_vae":
+        cfg |= {"flow_hidden": 16, "context_dim": 4}
     return cfg
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data directory; its absence is a failure, never a silent skip."""
+    if not (DATA_DIR / "fashion-mnist.npz").is_file():
+        pytest.fail(f"real data not found in {DATA_DIR}: set AELAB_DATA_DIR to a directory holding "
+                    "fashion-mnist.npz and mnist-10k.npz (the project's ../shared/data)")
+    return DATA_DIR
 
 
 @pytest.fixture

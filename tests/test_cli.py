@@ -34,7 +34,7 @@ def test_list():
         assert f"  {name} " in out, name
 
 
-def test_train_eval_reconstruct(tmp_path):
+def test_train_eval_reconstruct(tmp_path, shared_data):
     run = tmp_path / "run"
     proc = aelab("train", "ae", "--data", "fashion-mnist", *SMALL, "--set", "trainer.epochs=2", "--out", str(run))
     assert "epoch 2 step 24" in proc.stdout
@@ -63,7 +63,7 @@ def test_train_eval_reconstruct(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, shared_data):
     args = ["dae", "--data", "mnist-10k", *SMALL, "--set", "trainer.epochs=3", "--set", "trainer.checkpoint_every=5",
             "--set", "trainer.images=false"]
     full = tmp_path / "full"

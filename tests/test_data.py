@@ -22,9 +22,7 @@ from aelab.data import (
 from aelab.registry import DATASETS, UnknownNameError
 
 DATA_DIR = Path(os.environ.get("AELAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(
-    not (DATA_DIR / "fashion-mnist.npz").is_file(), reason=f"shared data not found in {DATA_DIR}"
-)
+needs_data = pytest.mark.usefixtures("shared_data")  # fails (not skips) without the real data
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def source() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A few hundred real Fashion-MNIST images and labels, picked at random."""
     path = DATA_DIR / "fashion-mnist.npz"
     if not path.is_file():
-        pytest.skip(f"shared data not found in {DATA_DIR}")
+        pytest.fail(f"real data not found in {DATA_DIR}: set AELAB_DATA_DIR to the project's ../shared/data")
     with np.load(path) as f:
         g = np.random.default_rng(0)
         tr = g.choice(60_000, 300, replace=False)
