@@ -1,5 +1,6 @@
 """Latent heads: encoder features -> q(z|x)."""
 
 from aelab.latents.heads import DeterministicHead, DiagonalGaussianHead, LatentHead, TopKHead
+from aelab.latents.iaf import IAFHead
 
-__all__ = ["DeterministicHead", "DiagonalGaussianHead", "LatentHead", "TopKHead"]
+__all__ = ["DeterministicHead", "DiagonalGaussianHead", "IAFHead", "LatentHead", "TopKHead"]

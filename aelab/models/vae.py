@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from aelab.latents.heads import DiagonalGaussianHead
+from aelab.latents.heads import DiagonalGaussianHead, LatentHead
 from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import KLDivergence, ReconstructionNLL
 from aelab.models.base import AEConfig, Autoencoder, build_autoencoder, register_model
@@ -35,6 +36,17 @@ class VAEConfig(AEConfig):
         parse_schedule(self.beta)  # fail at config time, naming the spec
 
 
+def variational_autoencoder(cfg: VAEConfig, head: Callable[[int], LatentHead]) -> Autoencoder:
+    """The VAE recipe around any posterior head: -ELBO with a (scheduled) beta and the configured prior.
+
+    The KL is analytic where torch registers one for (q, p) and Monte Carlo otherwise, so flow
+    posteriors and non-Gaussian priors need nothing special here.
+    """
+    kl = KLDivergence(cfg.monte_carlo_kl, cfg.free_bits, cfg.free_bits_mode)
+    terms = {"recon": (ReconstructionNLL(), 1.0), "kl": (kl, parse_schedule(cfg.beta))}
+    return build_autoencoder(cfg, head, terms, prior=build_prior(cfg.latent_dim, cfg.prior))
+
+
 @register_model("vae", VAEConfig)
 def vae(cfg: VAEConfig) -> Autoencoder:
     """Variational autoencoder: Gaussian q(z|x), prior p(z), loss -ELBO = -E log p(x|z) + beta KL.
@@ -44,10 +56,7 @@ def vae(cfg: VAEConfig) -> Autoencoder:
         Rezende et al., "Stochastic Backpropagation and Approximate Inference in Deep Generative
         Models", ICML 2014.
     """
-    head = partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim)
-    kl = KLDivergence(cfg.monte_carlo_kl, cfg.free_bits, cfg.free_bits_mode)
-    terms = {"recon": (ReconstructionNLL(), 1.0), "kl": (kl, parse_schedule(cfg.beta))}
-    return build_autoencoder(cfg, head, terms, prior=build_prior(cfg.latent_dim, cfg.prior))
+    return variational_autoencoder(cfg, partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim))
 
 
 @dataclass

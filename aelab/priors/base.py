@@ -17,9 +17,13 @@ from aelab.registry import PRIORS
 class PriorConfig:
     """Attributes:
     name: a registered prior (``standard_normal``; see ``aelab list``).
+    flows: ``flow`` prior only: number of autoregressive (MAF) steps.
+    hidden: ``flow`` prior only: width of each step's MADE hidden layers.
     """
 
     name: str = "standard_normal"
+    flows: int = 2
+    hidden: int = 64
 
 
 @PRIORS.register("standard_normal")
