@@ -5,17 +5,14 @@ Every component owns its defaults in a dataclass. A run's configuration is saved
 of the wrong type with a message naming the field, the expected type and what it got.
 
 Example:
-    >>> from dataclasses import dataclass, field
-    >>> @dataclass
-    ... class Inner:
-    ...     width: int = 8
-    >>> @dataclass
-    ... class Outer:
-    ...     inner: Inner = field(default_factory=Inner)
-    ...     rate: float = 0.1
-    >>> cfg = apply_overrides(Outer(), ["inner.width=32", "rate=1e-3"])
-    >>> cfg.inner.width, cfg.rate
-    (32, 0.001)
+    >>> from aelab.models.base import model_config
+    >>> cfg = apply_overrides(model_config("ae"), ["backbone.hidden=300,100", "latent_dim=8"])
+    >>> cfg.backbone.hidden, cfg.latent_dim
+    ((300, 100), 8)
+    >>> apply_overrides(cfg, ["latent_dim=eight"])
+    Traceback (most recent call last):
+    ...
+    aelab.config.ConfigError: latent_dim: expected int, got 'eight' (str)
 """
 
 from __future__ import annotations
