@@ -4,8 +4,8 @@ from aelab import data, metrics, models, priors  # noqa: F401  (registration)
 from aelab.api import fit
 from aelab.data.base import DataConfig, load_data
 from aelab.models.base import Autoencoder, build_model
-from aelab.training.trainer import Trainer, TrainerConfig
 from aelab.registry import DATASETS, LIKELIHOODS, METRICS, MODELS
+from aelab.training.trainer import Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 

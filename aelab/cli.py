@@ -1,8 +1,9 @@
-"""The ``aelab`` command line: list, train, eval, reconstruct."""
+"""The ``aelab`` command line: list, train, eval, reconstruct, sample, traverse, figures."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -49,7 +50,9 @@ def _new_run_dir(cfg) -> Path:
 
 
 def _epoch_printer(trainer, metrics: dict[str, Any]) -> None:
-    shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "samples_per_second")}
+    # per-dimension KLs go to metrics.jsonl and TensorBoard; one line per epoch stays readable
+    shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "samples_per_second", "mutual_info_max")
+             and not k.startswith("kl_dim_")}
     text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
     print(f"epoch {metrics['epoch'] + 1} step {metrics['step']}: {text}", flush=True)
 
@@ -89,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           flush=True)
     trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir,
                       on_epoch_end=[_epoch_printer], run_config=cfg.to_dict())
+    trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
     if not args.resume:
         trainer.save()  # config + initial weights: the run directory is usable from the start
     trainer.fit(resume=bool(args.resume))
@@ -106,24 +110,124 @@ def _load_run(run_dir: str):
     return cfg, model, load_data(cfg.data)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _default_metrics(model, data) -> list[str]:
+    names = ["reconstruction"]
+    if getattr(model, "prior", None) is not None:
+        names += ["likelihood", "latent_diagnostics"]
+    if data.info.num_classes:
+        names.append("linear_probe")
+    return names
+
+
+def _run_metric(name: str, model, data, options: dict[str, Any]) -> dict[str, float]:
+    """Call a registered metric: ``(model, train, test)`` metrics get both splits, ``(model, data)``
+    metrics the test split; each gets those of ``options`` its signature names."""
     from aelab.registry import METRICS
 
+    fn = METRICS.get(name)
+    params = inspect.signature(fn).parameters
+    if "train" in params:
+        return fn(model, data.train, data.test)
+    return fn(model, data.test, **{k: v for k, v in options.items() if k in params})
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     cfg, model, data = _load_run(args.run_dir)
-    names = args.metrics.split(",") if args.metrics else ["reconstruction"] + (
-        ["linear_probe"] if data.info.num_classes else [])
+    names = args.metrics.split(",") if args.metrics else _default_metrics(model, data)
+    limit = None if args.limit == 0 else args.limit
     results: dict[str, float] = {}
     for name in names:
-        fn = METRICS.get(name)
-        if name == "reconstruction":
-            results |= fn(model, data.test, cfg.trainer.eval_batch_size)
-        else:
-            results |= fn(model, data.train, data.test)
+        # only the likelihood takes --k and --limit: IWAE with k=1000 costs k decoder passes per image
+        options = {"batch_size": cfg.trainer.eval_batch_size}
+        if name == "likelihood":
+            options |= {"k": args.k, "limit": limit, "batch_size": 100}
+        results |= _run_metric(name, model, data, options)
+    if args.figures:
+        written = _write_figures(args.run_dir, model, data)
+        if not args.json:
+            print(f"wrote {len(written)} figures to {Path(args.run_dir) / 'figures'}")
     if args.json:
         print(json.dumps({"run_dir": str(args.run_dir), "model": cfg.model, "data": cfg.data.name,
                           "split": "test", "metrics": results}, indent=2))
+        return 0
+    per_dim = [v for k, v in results.items() if k.startswith("kl_dim_")]
+    table = {k: v for k, v in results.items() if not k.startswith("kl_dim_") and k != "mutual_info_max"}
+    _print_table(table, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} images)")
+    if "likelihood" in names:
+        n = len(data.test) if limit is None else min(limit, len(data.test))
+        print(f"  (neg_elbo and nll_iwae_k{args.k}: nats per image on {n} random test images, same samples)")
+        if "bits_per_dim" not in results:
+            print(f"  (no bits_per_dim: the {cfg.model_config.likelihood.name} likelihood is not a normalised "
+                  "distribution over 8-bit pixel values; use discretized_logistic for a code length)")
+    if "mutual_info_max" in results:
+        print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
+    if per_dim:
+        print("  kl per dimension:  " + " ".join(f"{v:.2f}" for v in per_dim))
+    return 0
+
+
+def _write_figures(run_dir: str, model, data, out: str | None = None) -> list[Path]:
+    from aelab.report.figures import plot_training_curves, write_run_figures
+
+    out_dir = Path(out) if out else Path(run_dir) / "figures"
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if getattr(model, "prior", None) is not None:
+        return write_run_figures(model, data.test, out_dir, class_names=data.info.class_names, metrics=metrics)
+    return [plot_training_curves(metrics, out_dir / "training_curves.png")] if metrics.is_file() else []
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    _, model, data = _load_run(args.run_dir)
+    written = _write_figures(args.run_dir, model, data, args.out)
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print("nothing to draw: this model has no prior and the run has no metrics.jsonl")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from aelab.report.images import save_image_grid
+
+    _, model, _ = _load_run(args.run_dir)
+    if model.prior is None:
+        raise ValueError(f"model {model.name!r} has no prior to sample from")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "images" / "samples.png"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        save_image_grid(model.sample(args.n), out, nrow=args.nrow, scale=2)
+    print(f"wrote {out} ({args.n} decoded prior samples, mean images)")
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    from aelab.metrics.latent import collect_latent_statistics
+    from aelab.metrics.likelihood import evaluation
+    from aelab.report.figures import latent_traversal, plot_traversal, top_dimensions, traversal_values
+
+    _, model, data = _load_run(args.run_dir)
+    if model.prior is None:
+        raise ValueError(f"model {model.name!r} has no prior: traversals need one")
+    if not 0 <= args.index < len(data.test):
+        raise ValueError(f"--index must be in [0, {len(data.test)}), got {args.index}")
+    stats = collect_latent_statistics(model, data.test, limit=2000)
+    if args.dims:
+        dims = [int(d) for d in args.dims.split(",")]
+        if not all(0 <= d < model.latent_dim for d in dims):
+            raise ValueError(f"--dims must be in [0, {model.latent_dim}), got {args.dims}")
     else:
-        _print_table(results, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} images)")
+        dims = top_dimensions(stats, args.n_dims)
+    t, values = traversal_values(model, args.steps, args.span)
+    x, y = data.test.get_batch(torch.tensor([args.index]))
+    with evaluation(model, 0):
+        images = latent_traversal(model, x, dims, values)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "figures" / f"traversal_{args.index}.png"
+    label = ""
+    if data.info.class_names and y.dim() == 1 and int(y[0]) >= 0:
+        label = f" ({data.info.class_names[int(y[0])]})"
+    plot_traversal(images, dims, t, out, title=f"Latent traversals of test image {args.index}{label}",
+                   kl=stats.kl.mean(0) if stats.kl.dim() == 2 else None)
+    print(f"wrote {out} (rows: latent dimensions {dims})")
     return 0
 
 
@@ -162,7 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--metrics", help="comma-separated metric names (default: reconstruction, linear_probe)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL (default 1000)")
+    e.add_argument("--limit", type=int, default=1000,
+                   help="IWAE and ELBO on a seeded random subset of this many test images (0: all; default 1000)")
+    e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=cmd_eval)
+
+    f = sub.add_parser("figures", help="write all figures of a run (traversals, KL, manifold, curves)")
+    f.add_argument("run_dir")
+    f.add_argument("--out", help="directory (default: RUN_DIR/figures)")
+    f.set_defaults(fn=cmd_figures)
+
+    s = sub.add_parser("sample", help="write a PNG grid of decoded prior samples")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--nrow", type=int, default=8, help="images per row")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="PNG path (default: RUN_DIR/images/samples.png)")
+    s.set_defaults(fn=cmd_sample)
+
+    v = sub.add_parser("traverse", help="write latent traversals of one test image")
+    v.add_argument("run_dir")
+    v.add_argument("--index", type=int, default=0, help="test image index")
+    v.add_argument("--dims", help="comma-separated dimensions (default: the --n-dims with the largest KL)")
+    v.add_argument("--n-dims", type=int, default=8)
+    v.add_argument("--steps", type=int, default=11)
+    v.add_argument("--span", type=float, default=3.0, help="sweep the prior's quantiles at +-span std devs")
+    v.add_argument("--out", help="PNG path (default: RUN_DIR/figures/traversal_INDEX.png)")
+    v.set_defaults(fn=cmd_traverse)
 
     r = sub.add_parser("reconstruct", help="write a PNG grid of inputs and reconstructions")
     r.add_argument("run_dir")

@@ -36,6 +36,7 @@ __all__ = [
     "TensorImageDataset",
     "default_root",
     "load_data",
+    "random_subset",
     "random_subset_indices",
 ]
 
@@ -211,6 +212,16 @@ def random_subset_indices(n: int, k: int, seed: int) -> Tensor:
     """
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:k]
+
+
+def random_subset(data: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+    """``data`` itself, or a seeded random subset of ``limit`` examples (never the first N:
+    the built-in splits are sorted by label)."""
+    if limit is None or limit >= len(data):
+        return data
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    return data.subset(random_subset_indices(len(data), limit, seed))
 
 
 def _take_subset(ds: ImageDataset, k: int | None, seed: int, key: str) -> ImageDataset:

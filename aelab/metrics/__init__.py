@@ -1,6 +1,28 @@
 """Metrics: pure functions on arrays/tensors returning ``dict[str, float]``, and wrappers."""
 
+from aelab.metrics.latent import (
+    active_units,
+    collect_latent_statistics,
+    kl_summary,
+    latent_diagnostics,
+    mutual_information,
+)
+from aelab.metrics.likelihood import bits_per_dim, elbo, iwae_log_likelihood, likelihood_metric
 from aelab.metrics.probe import linear_probe, linear_probe_metric
 from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
 
-__all__ = ["encode_dataset", "evaluate_reconstruction", "linear_probe", "linear_probe_metric"]
+__all__ = [
+    "active_units",
+    "bits_per_dim",
+    "collect_latent_statistics",
+    "elbo",
+    "encode_dataset",
+    "evaluate_reconstruction",
+    "iwae_log_likelihood",
+    "kl_summary",
+    "latent_diagnostics",
+    "likelihood_metric",
+    "linear_probe",
+    "linear_probe_metric",
+    "mutual_information",
+]

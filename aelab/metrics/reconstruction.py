@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aelab.data.base import ImageDataset
+from aelab.data.base import ImageDataset, random_subset
 from aelab.likelihoods import mean_image
 from aelab.registry import METRICS
 from aelab.training.batches import eval_batches
@@ -18,14 +18,16 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
 
     Runs the model in evaluation mode (no corruption; schedules at their final value).
     ``mse`` is per pixel; ``loss`` and the terms are per example (nats for NLL terms).
+    ``limit`` evaluates a seeded random subset (the built-in splits are sorted by label).
     """
+    data = random_subset(data, limit, seed=0)
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     n = 0
     try:
         with torch.no_grad():
-            for x, _ in eval_batches(data, batch_size, limit):
+            for x, _ in eval_batches(data, batch_size):
                 out = model(x)
                 lo = model.objective(out, model, None)
                 b = x.shape[0]
@@ -43,12 +45,13 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
 @torch.no_grad()
 def encode_dataset(model, data: ImageDataset, batch_size: int = 1000,
                    limit: int | None = None) -> tuple[Tensor, Tensor]:
-    """Codes E[z|x] (encoding mode) and labels for a whole split: ``(N, D)``, ``(N, ...)``."""
+    """Codes E[z|x] (encoding mode) and labels for a split (or a seeded random subset of ``limit``)."""
     was_training = model.training
     model.eval()
     zs, ys = [], []
+    data = random_subset(data, limit, seed=0)
     try:
-        for x, y in eval_batches(data, batch_size, limit):
+        for x, y in eval_batches(data, batch_size):
             zs.append(model.encode(x).mean)
             ys.append(y)
     finally:
