@@ -36,14 +36,16 @@ class VAEConfig(AEConfig):
         parse_schedule(self.beta)  # fail at config time, naming the spec
 
 
-def variational_autoencoder(cfg: VAEConfig, head: Callable[[int], LatentHead]) -> Autoencoder:
+def variational_autoencoder(cfg: VAEConfig, head: Callable[[int], LatentHead],
+                            extra_terms: dict | None = None) -> Autoencoder:
     """The VAE recipe around any posterior head: -ELBO with a (scheduled) beta and the configured prior.
 
     The KL is analytic where torch registers one for (q, p) and Monte Carlo otherwise, so flow
-    posteriors and non-Gaussian priors need nothing special here.
+    posteriors and non-Gaussian priors need nothing special here. ``extra_terms`` adds weighted
+    terms (name -> (term, weight)), e.g. the decomposition objective's divergence.
     """
     kl = KLDivergence(cfg.monte_carlo_kl, cfg.free_bits, cfg.free_bits_mode)
-    terms = {"recon": (ReconstructionNLL(), 1.0), "kl": (kl, parse_schedule(cfg.beta))}
+    terms = {"recon": (ReconstructionNLL(), 1.0), "kl": (kl, parse_schedule(cfg.beta)), **(extra_terms or {})}
     return build_autoencoder(cfg, head, terms, prior=build_prior(cfg.latent_dim, cfg.prior))
 
 
