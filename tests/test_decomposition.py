@@ -123,3 +123,22 @@ def test_rotation_invariance_only_with_an_isotropic_prior(prior):
     else:
         assert (base - rotated).abs().max() > 1e-2
     assert mean_image(model.decode(torch.zeros(1, 4, dtype=torch.float64))).shape == (1, *SHAPE)
+
+
+def test_pinwheel_data():
+    from aelab.data import DataConfig, load_data
+    from aelab.data.pinwheel import pinwheel
+
+    splits = load_data(DataConfig(name="pinwheel"))
+    assert (len(splits.train), len(splits.test)) == (10000, 2000)
+    assert (splits.info.shape, splits.info.num_classes) == ((1, 1, 2), 5)
+    x, y = splits.train.get_batch(torch.arange(10000))
+    assert x.dtype == torch.float32 and torch.bincount(y).tolist() == [2000] * 5
+    a, _ = pinwheel(per_arm=50, seed=3)
+    b, _ = pinwheel(per_arm=50, seed=3)
+    assert torch.equal(a, b)
+    # arms are rotated copies: the mean angle of arm k is about 2 pi k / 5 apart from arm 0's
+    ang = torch.atan2(x[:, 0, 0, 1], x[:, 0, 0, 0])
+    means = torch.stack([torch.atan2(ang[y == k].sin().mean(), ang[y == k].cos().mean()) for k in range(5)])
+    steps = torch.remainder(means.diff(), 2 * math.pi)
+    torch.testing.assert_close(steps, torch.full((4,), 2 * math.pi / 5), atol=0.05, rtol=0)

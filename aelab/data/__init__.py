@@ -13,7 +13,7 @@ Example:
     (torch.Size([8, 1, 64, 64]), torch.Size([8, 5]), ('shape', 'scale', 'orientation', 'posX', 'posY'))
 """
 
-from aelab.data import download, dsprites, images, local  # noqa: F401  (importing registers the data sets)
+from aelab.data import download, dsprites, images, local, pinwheel  # noqa: F401  (importing registers the data sets)
 from aelab.data.base import (
     DataConfig,
     DatasetInfo,

@@ -31,6 +31,7 @@ __all__ = [
     "DataConfig",
     "DataSplits",
     "DatasetInfo",
+    "FloatTensorDataset",
     "ImageDataset",
     "Subset",
     "TensorImageDataset",
@@ -104,6 +105,34 @@ class TensorImageDataset(ImageDataset):
 
     def __repr__(self) -> str:
         return f"TensorImageDataset(n={len(self)}, shape={self.shape})"
+
+
+class FloatTensorDataset(ImageDataset):
+    """An in-memory split of real-valued data ``(N, C, H, W)`` float32 (e.g. 2-D points as
+    ``(N, 1, 1, 2)``), for data that are not 8-bit images; ``get_batch`` returns it unscaled.
+
+    Arguments:
+        x: float images or vectors shaped ``(N, C, H, W)``.
+        y: int64 labels ``(N,)`` or factors ``(N, K)``.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if not x.is_floating_point() or x.dim() != 4:
+            raise ValueError(f"x must be float of shape (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have shape (N,) or (N, K) with N = {x.shape[0]}, got {tuple(y.shape)}")
+        self.x, self.y = x.float(), y.long()
+        self.shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[idx], self.y[idx]
+
+    def subset(self, idx: Tensor) -> FloatTensorDataset:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return FloatTensorDataset(self.x[idx], self.y[idx])
 
 
 class Subset(ImageDataset):

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from aelab.data.base import ImageDataset, random_subset
-from aelab.likelihoods import mean_image
 from aelab.registry import METRICS
 from aelab.training.batches import eval_batches
 
@@ -33,7 +32,8 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
                 b = x.shape[0]
                 sums = {"loss": lo.per_example.sum().item()}
                 sums |= {k: v.item() * b for k, v in lo.terms.items()}
-                sums["mse"] = (mean_image(out.px_z) - x).pow(2).mean(dim=(1, 2, 3)).sum().item()
+                # the likelihood's own mean (not clamped to [0, 1]: data need not be images)
+                sums["mse"] = (out.px_z.mean - x).pow(2).mean(dim=(1, 2, 3)).sum().item()
                 for k, v in sums.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n += b
