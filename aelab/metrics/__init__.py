@@ -1,5 +1,6 @@
 """Metrics: pure functions on arrays/tensors returning ``dict[str, float]``, and wrappers."""
 
+from aelab.metrics import clustering, disentanglement, sparsity  # noqa: F401  (registration)
 from aelab.metrics.latent import (
     active_units,
     collect_latent_statistics,
