@@ -182,6 +182,16 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
     return from_dict(type(cfg), data)
 
 
+def load_json(path: Any) -> Any:
+    """Read a JSON file; invalid JSON is a :class:`ConfigError` naming the file and the position."""
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+
+
 def save_json(path: Any, obj: Any) -> None:
     """Write JSON atomically (temp file then rename)."""
     from aelab.io import atomic_write_text

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aelab.config import ConfigError, apply_overrides, from_dict, to_dict
+from aelab.config import ConfigError, apply_overrides, from_dict, load_json, to_dict
 from aelab.data.base import DataConfig
 from aelab.models.base import CONFIG_NAME, ModelSpec
 from aelab.registry import MODELS
@@ -89,10 +88,7 @@ def load_run_config(path: str | Path, require_data: bool = True) -> RunConfig:
         path = path / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not an aelab run directory")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    data = load_json(path)
     if require_data and isinstance(data, dict) and "data" not in data:
         raise ConfigError(f"{path} has no 'data' section (the model was trained on data passed in from Python); "
                           "add one, e.g. \"data\": {\"name\": \"fashion-mnist\"}")

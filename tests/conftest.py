@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AELAB_DATA_DIR", str(REPO.parent / "shared" / "data"))
 DATA_DIR = Path(os.environ["AELAB_DATA_DIR"])
 
+# the tests use tiny tensors: one thread is faster than two and immune to an oversubscribed machine
+torch.set_num_threads(1)
+
 #: a non-square, odd-sized image shape: proves nothing is hard-wired to 28x28
 TINY_SHAPE = (1, 12, 10)
 

@@ -29,15 +29,6 @@ SHAPE = (1, 12, 10)
 NAMES = ("zero", "one", "two")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _size(path) -> tuple[int, int]:
     assert path.stat().st_size > 0
     with Image.open(path) as img:

@@ -29,15 +29,6 @@ from aelab.metrics.reconstruction import evaluate_reconstruction
 from aelab.models.base import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_active_units_on_codes_with_known_variances():
     g = torch.Generator().manual_seed(0)
     variances = torch.tensor([1.0, 0.5, 0.02, 0.005, 0.0])  # threshold 0.01: three active

@@ -26,15 +26,6 @@ SHAPE = (1, 2, 3)  # P = 6 pixels
 SIGMA = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear_gaussian(exact_posterior: bool, seed: int = 0):
     """z ~ N(0, I_2), x = W z + b + N(0, sigma^2 I_6): the VAE with no hidden layers and a fixed-scale
     Gaussian likelihood. W has orthogonal columns, so the exact posterior is a diagonal Gaussian

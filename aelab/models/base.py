@@ -7,7 +7,6 @@ composing other parts (head, prior, corruption, terms), never by overriding its 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aelab.config import ConfigError, from_dict, save_json, to_dict
+from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.io import atomic_path
 from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
@@ -185,10 +184,7 @@ class Autoencoder(nn.Module):
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: not a saved aelab model or run directory")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{cfg_path}: invalid JSON ({e})") from None
+        meta = load_json(cfg_path)
         if "model" not in meta or "model_config" not in meta:
             raise ConfigError(f"{cfg_path}: expected keys 'model' and 'model_config'")
         spec: ModelSpec = MODELS.get(meta["model"])
