@@ -171,3 +171,21 @@ def test_sparsity_and_clustering_wrappers_run_on_dsprites(tiny_model_and_dsprite
     assert clustering(model, data, limit=150, factor=0) == out  # seeded
     with pytest.raises(ValueError, match="factor="):
         clustering(model, data, limit=20)
+
+
+def test_clustering_assign_modes_on_a_mixture_prior_model():
+    from aelab.data import DataConfig, load_data
+    from aelab.metrics.clustering import clustering_metric
+    from aelab.models.base import build_model
+
+    data = load_data(DataConfig(name="pinwheel", test_subset=300))
+    model = build_model("decomposition_vae", image_shape=(1, 1, 2), latent_dim=2, backbone={"hidden": (8,)},
+                        likelihood={"name": "gaussian"}, prior={"name": "mixture", "components": 5})
+    auto = clustering_metric(model, data.test)
+    assert auto == clustering_metric(model, data.test, assign="prior")
+    km = clustering_metric(model, data.test, assign="kmeans")
+    assert km["cluster_count"] == 5 and set(km) == set(auto)
+    with pytest.raises(ValueError, match="assign must be"):
+        clustering_metric(model, data.test, assign="spectral")
+    with pytest.raises(ValueError, match="needs a model with a mixture prior"):
+        clustering_metric(build_model("vae", image_shape=(1, 1, 2), latent_dim=2), data.test, assign="prior")

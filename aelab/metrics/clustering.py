@@ -278,7 +278,7 @@ def mixture_assignments(z: Tensor, mixture: MixtureSameFamily) -> Tensor:
 @METRICS.register("clustering")
 def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 5000,
                       n_clusters: int | None = None, factor: int | None = None, batch_size: int = 500,
-                      n_init: int = 3, seed: int = 0) -> dict[str, float]:
+                      n_init: int = 3, seed: int = 0, assign: str = "auto") -> dict[str, float]:
     """Adjusted Rand index and NMI between clusters of the codes E[z|x] and the true labels.
 
     With a mixture prior (``model.prior()`` a ``MixtureSameFamily``) each code goes to its most
@@ -295,6 +295,9 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
         batch_size: examples per encoder pass.
         n_init: k-means restarts.
         seed: seeds the subset and the k-means seeding.
+        assign: ``auto`` (the mixture prior's components when there is one, else k-means),
+            ``prior`` (require a mixture prior) or ``kmeans`` (always k-means, to compare models
+            with different priors on the same footing).
 
     Returns:
         ``cluster_ari``, ``cluster_nmi`` and ``cluster_count`` (the number of non-empty clusters).
@@ -305,6 +308,8 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     from aelab.metrics.likelihood import evaluation, random_subset
     from aelab.metrics.reconstruction import encode_dataset
 
+    if assign not in ("auto", "prior", "kmeans"):
+        raise ValueError(f"assign must be 'auto', 'prior' or 'kmeans', got {assign!r}")
     subset = random_subset(data, limit, seed)
     with evaluation(model, seed):
         z, y = encode_dataset(model, subset, batch_size=batch_size)
@@ -318,7 +323,9 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
         if not bool(keep.any()):
             raise ValueError("clustering needs labels; this split has none")
         z, y = z[keep], y[keep]
-        if isinstance(pz, MixtureSameFamily):
+        if assign == "prior" and not isinstance(pz, MixtureSameFamily):
+            raise ValueError("assign='prior' needs a model with a mixture prior")
+        if isinstance(pz, MixtureSameFamily) and assign != "kmeans":
             pred = mixture_assignments(z.to(pz.mixture_distribution.logits.device), pz).cpu()
         else:
             k = n_clusters if n_clusters is not None else int(torch.unique(y).numel())

@@ -1,0 +1,160 @@
+"""Reproduce the claims of Mathieu et al. (2019), "Disentangling Disentanglement in VAEs", on 2 CPU cores.
+
+One command per claim, several seeds each; prints JSON with every run and the mean and standard
+deviation per setting, and writes pictures (latent traversals; aggregate posterior vs prior for
+2-D latents) under ``--out``. Claim 1 (rotation invariance) is a test:
+``tests/test_decomposition.py::test_rotation_invariance_only_with_an_isotropic_prior``.
+
+  python benchmarks/decomposition_claims.py dsprites --seeds 0,1,2   # 2: anisotropic vs isotropic prior
+  python benchmarks/decomposition_claims.py sparsity --seeds 0,1,2   # 3: sparse prior, alpha > 0 vs 0
+  python benchmarks/decomposition_claims.py pinwheel --seeds 0,1,2   # 4: mixture prior, alpha > 0 vs 0
+
+The dSprites protocol (``--train-images``, default 120,000 seeded random images, one pass, batch
+64) is sized so that one training run and its full metric suite take a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import aelab
+from aelab.data.base import DataConfig, load_data
+from aelab.io import atomic_write_text
+from aelab.metrics.clustering import clustering_metric
+from aelab.metrics.disentanglement import disentanglement_metric
+from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
+from aelab.metrics.sparsity import sparsity_metric
+from aelab.models.base import build_model
+from aelab.report.figures import plot_latent_scatter
+from aelab.training.trainer import Trainer, TrainerConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: claim -> (data config, model settings shared by all runs, {setting label: model overrides}, trainer settings)
+CLAIMS: dict[str, dict[str, Any]] = {
+    "dsprites": {
+        "data": {"name": "dsprites", "test_subset": 2000},
+        "model": {"latent_dim": 10, "backbone": {"kind": "conv", "channels": (32, 32, 64, 64), "fc": 256}},
+        "settings": {"isotropic N(0, I)": {"prior": {"name": "standard_normal"}},
+                     "anisotropic N(0, diag v)": {"prior": {"name": "anisotropic"}}},
+        "trainer": {"epochs": 1, "batch_size": 64, "lr": 5e-4},
+    },
+    "sparsity": {
+        "data": {"name": "fashion-mnist"},
+        "model": {"latent_dim": 50, "backbone": {"kind": "mlp", "hidden": (512, 256)}},
+        "settings": {"N(0, I), alpha=0": {"prior": {"name": "standard_normal"}, "alpha": "0"},
+                     "sparse gamma=0.8, alpha=0": {"prior": {"name": "sparse", "gamma": 0.8}, "alpha": "0"},
+                     "sparse gamma=0.8, alpha=100": {"prior": {"name": "sparse", "gamma": 0.8}, "alpha": "100"}},
+        "trainer": {"epochs": 10, "batch_size": 500, "lr": 5e-4},
+    },
+    "pinwheel": {
+        "data": {"name": "pinwheel"},
+        "model": {"latent_dim": 2, "backbone": {"kind": "mlp", "hidden": (64, 64)},
+                  "likelihood": {"name": "gaussian", "scale": 0.1, "learn_scale": True}},
+        "settings": {"N(0, I), alpha=0 (k-means)": {"prior": {"name": "standard_normal"}, "alpha": "0"},
+                     "mixture K=5, alpha=0": {"prior": {"name": "mixture", "components": 5, "learn": True},
+                                              "alpha": "0"},
+                     "mixture K=5, alpha=100": {"prior": {"name": "mixture", "components": 5, "learn": True},
+                                                "alpha": "100"}},
+        "trainer": {"epochs": 8, "batch_size": 100, "lr": 1e-3},
+    },
+}
+
+
+def run_one(claim: str, label: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    spec = CLAIMS[claim]
+    data_cfg = dict(spec["data"], root=args.data_dir, seed=seed)
+    if claim == "dsprites":
+        data_cfg["train_subset"] = args.train_images
+    data = load_data(DataConfig(**data_cfg))
+    torch.manual_seed(seed)
+    model = build_model("decomposition_vae", image_shape=data.info.shape, **spec["model"], **spec["settings"][label])
+    cfg = TrainerConfig(**spec["trainer"], seed=seed, images=False, progress=False, diagnostics=False, iwae_k=0)
+    epochs: list[dict] = []
+    t0 = time.perf_counter()
+    Trainer(model, data.train, None, cfg, on_epoch_end=[lambda t, m: epochs.append(m)]).fit()
+    out = {"train_seconds": time.perf_counter() - t0}
+    rec = evaluate_reconstruction(model, data.test)
+    out |= {"test_recon_nll": rec["recon"], "test_kl": rec["kl"], "test_mse": rec["mse"]}
+    t0 = time.perf_counter()
+    if claim == "dsprites":
+        out |= disentanglement_metric(model, data.test, seed=seed)
+    elif claim == "sparsity":
+        out |= sparsity_metric(model, data.test, seed=seed)
+    else:  # k-means for every model (same footing); the prior's own components where it has them
+        out |= {f"kmeans_{k}": v for k, v in clustering_metric(model, data.test, seed=seed, assign="kmeans").items()}
+        if model.config.prior.name == "mixture":
+            out |= {f"prior_{k}": v for k, v in clustering_metric(model, data.test, seed=seed, assign="prior").items()}
+    out["metric_seconds"] = time.perf_counter() - t0
+    if args.out and seed == int(args.seeds.split(",")[0]) and model.latent_dim == 2:
+        _aggregate_vs_prior(model, data, Path(args.out) / f"{claim}_{_slug(label)}.png", label)
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def _aggregate_vs_prior(model, data, path: Path, label: str) -> None:
+    """Two panels in one PNG: the aggregate posterior (codes by class) and samples of the prior."""
+    codes, labels = encode_dataset(model, data.test)
+    plot_latent_scatter(codes, labels, path.with_name(path.stem + "_posterior.png"),
+                        f"Aggregate posterior E[z|x] — {label}", class_names=data.info.class_names)
+    with torch.no_grad():
+        prior = model.prior().sample((len(codes),))
+    plot_latent_scatter(prior, None, path.with_name(path.stem + "_prior.png"), f"Prior samples — {label}")
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    out = {}
+    for label, rows in runs.items():
+        out[label] = {}
+        for key in rows[0]:
+            vals = [r[key] for r in rows]
+            out[label][key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("claim", choices=sorted(CLAIMS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-images", type=int, default=120_000, help="dSprites training images (one pass)")
+    p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
+    p.add_argument("--out", help="folder for pictures")
+    p.add_argument("--save", help="also write the JSON here (atomically)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {}
+    for label in CLAIMS[args.claim]["settings"]:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            row = run_one(args.claim, label, seed, args)
+            runs.setdefault(label, []).append(row)
+            print(f"{label} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    text = json.dumps({
+        "benchmark": f"decomposition_claims/{args.claim}", "seeds": args.seeds, "threads": args.threads,
+        "protocol": {k: v for k, v in CLAIMS[args.claim].items() if k != "settings"}
+        | ({"train_images": args.train_images} if args.claim == "dsprites" else {}),
+        "aelab": aelab.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "summary": summarise(runs), "runs": runs,
+    }, indent=2, default=list)
+    print(text)
+    if args.save:
+        atomic_write_text(args.save, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
