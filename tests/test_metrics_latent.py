@@ -142,3 +142,22 @@ def test_collect_latent_statistics_shapes_and_prior_check():
     assert [len(z) for z in stats.samples] == [32, 32, 6]
     with pytest.raises(ValueError, match="no prior"):
         collect_latent_statistics(build_model("ae", image_shape=(1, 6, 5), latent_dim=3), _data())
+
+
+def test_mutual_information_ignores_overflowing_far_components():
+    """Cross terms where a flow's inverse overflows count as zero density, not as NaN."""
+    from torch.distributions import Independent, Normal
+
+    class Overflowing(Independent):
+        def log_prob(self, value):
+            lp = super().log_prob(value)
+            far = (value - self.base_dist.loc).abs().amax(-1) > 3.0
+            return torch.where(far, torch.full_like(lp, float("nan")), lp)
+
+    locs = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    q = Overflowing(Normal(locs, torch.ones(3, 2)), 1)
+    z = locs + 0.1
+    plain = Independent(Normal(locs, torch.ones(3, 2)), 1)
+    got = mutual_information([q], [z])["mutual_info"]
+    want = mutual_information([plain], [z])["mutual_info"]
+    assert got == pytest.approx(want, abs=1e-6) and got == pytest.approx(math.log(3), abs=1e-3)

@@ -118,6 +118,9 @@ def aggregate_posterior_log_prob(posteriors: Sequence[Distribution], z: Tensor, 
         acc: Tensor | None = None
         for q in posteriors:
             lp = q.log_prob(rows.unsqueeze(1)).double()  # (r, B_q): every point under every component
+            # Far outside a flow posterior's support its exact inverse overflows (float32) to inf/nan;
+            # the density there is zero to working precision, so those components contribute nothing.
+            lp = torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
             part = torch.logsumexp(lp, 1)
             acc = part if acc is None else torch.logaddexp(acc, part)
         out.append(acc)
@@ -164,6 +167,8 @@ def mutual_information(posteriors: Sequence[Distribution], samples: Sequence[Ten
     if len(posteriors) != len(samples) or not posteriors:
         raise ValueError("need one sample tensor per posterior batch, and at least one batch")
     log_own = torch.cat([q.log_prob(z).double() for q, z in zip(posteriors, samples)])  # (M,)
+    if not torch.isfinite(log_own).all():
+        raise ValueError("log q(z|x) of a posterior's own sample is not finite: the model is broken")
     log_agg = aggregate_posterior_log_prob(posteriors, torch.cat(list(samples)), chunk)
     return {"mutual_info": (log_own - log_agg).mean().item(), "mutual_info_max": math.log(log_own.shape[0])}
 
