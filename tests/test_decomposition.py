@@ -29,7 +29,9 @@ def test_alpha_zero_beta_one_is_exactly_the_vae():
     la = vae.loss(x, 0)
     torch.manual_seed(1)
     lb = dec.loss(x, 0)
-    assert torch.equal(la.per_example, lb.per_example) and "divergence" in lb.terms
+    assert torch.equal(la.per_example, lb.per_example)
+    with torch.no_grad():  # the switched-off term is still reported at evaluation
+        assert "divergence" in dec.loss(x, 0).terms
 
 
 def test_mmd_matches_brute_force_and_detects_a_shift():
@@ -142,3 +144,12 @@ def test_pinwheel_data():
     means = torch.stack([torch.atan2(ang[y == k].sin().mean(), ang[y == k].cos().mean()) for k in range(5)])
     steps = torch.remainder(means.diff(), 2 * math.pi)
     torch.testing.assert_close(steps, torch.full((4,), 2 * math.pi / 5), atol=0.05, rtol=0)
+
+
+def test_zero_weight_terms_are_skipped_in_training_and_logged_in_evaluation():
+    model = build_model("decomposition_vae", image_shape=SHAPE, latent_dim=3, alpha="linear(0, 1, 10)")
+    x = torch.rand(4, *SHAPE)
+    assert "divergence" not in model.loss(x, 0).terms  # weight 0 at step 0
+    assert "divergence" in model.loss(x, 5).terms
+    with torch.no_grad():
+        assert "divergence" in model.loss(x, 0).terms

@@ -24,6 +24,9 @@ class Term(Protocol):
 class Objective:
     """``loss = mean_b sum_t w_t(step) * term_t(out)_b``.
 
+    Terms whose weight is 0 at this step are skipped when gradients are enabled (training) and
+    computed for the logs otherwise (evaluation under ``no_grad``).
+
     Args:
         terms: name -> (term, weight); a weight is a number or a schedule of the step.
 
@@ -46,10 +49,13 @@ class Objective:
     def __call__(self, out: ModelOutput, model: nn.Module, step: int | None = None) -> LossOutput:
         per_example = torch.zeros(out.x.shape[0], device=out.x.device, dtype=out.x.dtype)
         logs: dict[str, Tensor] = {}
+        training = torch.is_grad_enabled()
         for name, (term, weight) in self.terms.items():
+            w = weight(step)
+            if w == 0.0 and training:
+                continue  # a switched-off term costs nothing in the training step; evaluation logs it
             value = term(out, model)
             logs[name] = value.detach().mean()
-            w = weight(step)
             if w != 0.0:
                 per_example = per_example + w * value
         return LossOutput(loss=per_example.mean(), terms=logs, per_example=per_example.detach())
