@@ -26,6 +26,11 @@ from dataclasses import dataclass
 Schedule = Callable[[int | None], float]
 
 
+def _progress(step: int, steps: float, delay: float = 0) -> float:
+    """Fraction of a ``steps``-long ramp done at ``step`` after ``delay``, clamped to [0, 1]."""
+    return min(max((step - delay) / max(steps, 1), 0.0), 1.0)
+
+
 @dataclass(frozen=True)
 class constant:  # noqa: N801 - reads like a function in specs
     value: float
@@ -44,8 +49,7 @@ class linear:  # noqa: N801
     def __call__(self, step: int | None) -> float:
         if step is None:
             return float(self.end)
-        t = min(max((step - self.delay) / max(self.steps, 1), 0.0), 1.0)
-        return float(self.start + (self.end - self.start) * t)
+        return float(self.start + (self.end - self.start) * _progress(step, self.steps, self.delay))
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class cosine:  # noqa: N801
     def __call__(self, step: int | None) -> float:
         if step is None:
             return float(self.end)
-        t = min(max((step - self.delay) / max(self.steps, 1), 0.0), 1.0)
+        t = _progress(step, self.steps, self.delay)
         return float(self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
