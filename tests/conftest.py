@@ -31,6 +31,26 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     return cfg
 
 
+def train_steps(model, batch: torch.Tensor, steps: int, lr: float) -> tuple[float, float]:
+    """Seeded evaluation loss before and after ``steps`` Adam steps on one fixed batch.
+
+    Evaluation uses the same seed both times, so stochastic models (VAEs) compare like with like.
+    """
+    def eval_loss() -> float:
+        model.eval()
+        torch.manual_seed(0)
+        return model.loss(batch).loss.item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        model.train()
+        opt.zero_grad()
+        model.loss(batch, step=100).loss.backward()
+        opt.step()
+    return before, eval_loss()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data directory; its absence is a failure, never a silent skip."""

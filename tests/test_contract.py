@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_SHAPE, tiny_overrides
+from conftest import TINY_SHAPE, tiny_overrides, train_steps
 
 import aelab
 from aelab.models.base import Autoencoder, build_model
@@ -71,13 +71,5 @@ def test_decode_prior_samples_or_refuse(model):
 
 
 def test_one_training_step_lowers_loss_on_a_fixed_batch(model, tiny_batch):
-    model.eval()  # fixed noise-free objective for the comparison
-    before = model.loss(tiny_batch).loss.item()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(20):
-        model.train()
-        opt.zero_grad()
-        model.loss(tiny_batch, step=100).loss.backward()
-        opt.step()
-    model.eval()
-    assert model.loss(tiny_batch).loss.item() < before
+    before, after = train_steps(model, tiny_batch, steps=20, lr=1e-2)
+    assert after < before

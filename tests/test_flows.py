@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_SHAPE, tiny_overrides
+from conftest import TINY_SHAPE, tiny_overrides, train_steps
 
 # the registry contract, reused verbatim for the flow prior (which is a config, not a model name):
 # collected here, these tests take this module's ``model`` fixture below
@@ -256,18 +256,8 @@ def test_flow_models_take_the_monte_carlo_kl_and_train(name, prior, tiny_batch):
     torch.testing.assert_close(out.qz_x.log_prob(out.z), out.qz_x.log_prob(out.z.clone()), rtol=1e-4, atol=1e-4)
 
     before = [p.detach().clone() for p in model.prior.parameters()]
-    model.eval()
-    torch.manual_seed(0)
-    start = model.loss(tiny_batch).loss.item()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(15):
-        model.train()
-        opt.zero_grad()
-        model.loss(tiny_batch, step=100).loss.backward()
-        opt.step()
-    model.eval()
-    torch.manual_seed(0)
-    assert model.loss(tiny_batch).loss.item() < start
+    start, end = train_steps(model, tiny_batch, steps=15, lr=3e-3)
+    assert end < start
     if prior:  # the flow prior trains jointly with the model
         assert any(not torch.equal(a, b) for a, b in zip(before, model.prior.parameters()))
 

@@ -152,8 +152,8 @@ class Autoencoder(nn.Module):
         return mean_image(self.decode(self.encode(x, encoding=False).mean))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Mean images decoded from ``n`` prior samples; models without a prior cannot sample."""
+    def sample(self, n: int) -> Tensor:
+        """Mean images decoded from ``n`` prior samples (torch's RNG); models without a prior cannot sample."""
         if self.prior is None:
             raise ValueError(f"model {self.name!r} has no prior to sample from")
         pz = self.prior()

@@ -314,9 +314,8 @@ class Trainer:
         grid = reconstruction_grid(x, self.model.reconstruct(x))
         save_image_grid(grid, images / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
         if getattr(self.model, "prior", None) is not None:
-            g = torch.Generator().manual_seed(0)
-            save_image_grid(self.model.sample(64, generator=g), images / f"samples_epoch{epoch + 1:03d}.png",
-                            nrow=8, scale=2)
+            torch.manual_seed(0)  # the same prior draws every epoch (we run inside _end_epoch's fork_rng)
+            save_image_grid(self.model.sample(64), images / f"samples_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
             # traversals (and for 2-D codes the manifold and the code scatter): own seeded RNG
             write_run_figures(self.model, self.test_data, images, class_names=self.class_names,
                               suffix=f"_epoch{epoch + 1:03d}", caption=f"epoch {epoch + 1}", samples=False,
