@@ -62,11 +62,13 @@ CLAIMS: dict[str, dict[str, Any]] = {
         "model": {"latent_dim": 2, "backbone": {"kind": "mlp", "hidden": (64, 64)},
                   "likelihood": {"name": "gaussian", "scale": 0.1, "learn_scale": True}},
         "settings": {"N(0, I), alpha=0 (k-means)": {"prior": {"name": "standard_normal"}, "alpha": "0"},
-                     "mixture K=5, alpha=0": {"prior": {"name": "mixture", "components": 5, "learn": True},
-                                              "alpha": "0"},
-                     "mixture K=5, alpha=100": {"prior": {"name": "mixture", "components": 5, "learn": True},
-                                                "alpha": "100"}},
-        "trainer": {"epochs": 8, "batch_size": 100, "lr": 1e-3},
+                     "mixture K=5 fixed, alpha=0": {"prior": {"name": "mixture", "components": 5}, "alpha": "0"},
+                     "mixture K=5 fixed, alpha=10": {"prior": {"name": "mixture", "components": 5}, "alpha": "10"},
+                     "mixture K=5 fixed, alpha=0->10": {"prior": {"name": "mixture", "components": 5},
+                                                        "alpha": "linear(0, 10, 600)"},
+                     "mixture K=5 learned, alpha=0->10": {"prior": {"name": "mixture", "components": 5, "learn": True},
+                                                          "alpha": "linear(0, 10, 600)"}},
+        "trainer": {"epochs": 30, "batch_size": 100, "lr": 1e-3},
     },
 }
 

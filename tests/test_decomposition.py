@@ -153,3 +153,18 @@ def test_zero_weight_terms_are_skipped_in_training_and_logged_in_evaluation():
     assert "divergence" in model.loss(x, 5).terms
     with torch.no_grad():
         assert "divergence" in model.loss(x, 0).terms
+
+
+@pytest.mark.parametrize("k,dim", [(5, 2), (10, 2), (10, 10), (3, 32)])
+def test_mixture_components_start_well_separated(k, dim):
+    """Random directions can nearly coincide; the prior's means are spread (evenly on a circle)."""
+    from aelab.priors.structured import spread_on_sphere
+
+    p = spread_on_sphere(k, dim, radius=2.0)
+    torch.testing.assert_close(p.norm(dim=1), torch.full((k,), 2.0))
+    cos = (p @ p.T / 4).masked_fill(torch.eye(k, dtype=torch.bool), -1)
+    if dim == 2:  # k evenly spaced angles: nearest neighbour at exactly 360/k degrees
+        assert torch.rad2deg(torch.arccos(cos.max())).item() == pytest.approx(360 / k, abs=1.0)
+    else:
+        assert cos.max() < 0.5  # no two means within 60 degrees
+    torch.testing.assert_close(spread_on_sphere(k, dim), spread_on_sphere(k, dim), rtol=0, atol=0)

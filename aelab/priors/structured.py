@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal, StudentT
 
 from aelab.priors.base import PriorConfig
@@ -79,11 +79,42 @@ class StudentTPrior(nn.Module):
         return Independent(StudentT(self.df, self.loc, self.scale, validate_args=False), 1)
 
 
+def spread_on_sphere(k: int, dim: int, radius: float = 1.0, candidates: int = 256, seed: int = 0) -> Tensor:
+    """``k`` well-separated points on a sphere: farthest-point picks among seeded random candidates,
+    then evened out by repulsion.
+
+    Independent random directions can land close together (for 5 points on a circle, two were 23
+    degrees apart with seed 0), which makes mixture components start merged; this spreads them
+    (evenly on a circle) in any dimension, deterministically.
+
+    Example:
+        >>> p = spread_on_sphere(4, 2)
+        >>> bool(torch.cdist(p, p).add(torch.eye(4) * 9).min() > 1.3)  # about sqrt(2) for a square
+        True
+    """
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(max(candidates, k) * k, dim, generator=g, dtype=torch.float64)
+    pts = pts / pts.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    chosen = [0]
+    dist = (pts - pts[0]).norm(dim=1)
+    for _ in range(k - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = torch.minimum(dist, (pts - pts[i]).norm(dim=1))
+    x = pts[chosen]
+    for _ in range(200):  # then even them out: a few steps of Coulomb repulsion, staying on the sphere
+        diff = x[:, None] - x[None]  # (k, k, dim)
+        force = (diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-6) ** 3).sum(1)
+        x = x + 0.05 * force / force.norm(dim=1, keepdim=True).clamp_min(1.0)
+        x = x / x.norm(dim=1, keepdim=True)
+    return (radius * x).float()
+
+
 @PRIORS.register("mixture")
 class GaussianMixturePrior(nn.Module):
     """A mixture of K diagonal Gaussians, learnable (``prior.learn``): a clustered latent space.
 
-    The means start on a fixed, seeded spread (so runs are reproducible and components distinct),
+    The means start well spread on a sphere of radius 2 (:func:`spread_on_sphere`: reproducible, distinct),
     scaled so components overlap little at ``prior.component_scale``.
     """
 
@@ -91,9 +122,7 @@ class GaussianMixturePrior(nn.Module):
         super().__init__()
         _check(cfg.components >= 1, f"prior.components must be >= 1, got {cfg.components}")
         _check(cfg.component_scale > 0, f"prior.component_scale must be > 0, got {cfg.component_scale}")
-        g = torch.Generator().manual_seed(0)
-        locs = torch.randn(cfg.components, latent_dim, generator=g)
-        locs = 2.0 * locs / locs.norm(dim=1, keepdim=True).clamp_min(1e-6)  # on a sphere of radius 2
+        locs = spread_on_sphere(cfg.components, latent_dim, radius=2.0)
         params = {"logits": torch.zeros(cfg.components), "locs": locs,
                   "log_scales": torch.full((cfg.components, latent_dim), math.log(cfg.component_scale))}
         for name, value in params.items():
