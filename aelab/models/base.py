@@ -51,11 +51,12 @@ class AEConfig:
 class ModelSpec:
     name: str
     config_cls: type
-    build: Callable[[Any], Autoencoder]
+    build: Callable[[Any], PretrainedModel]
 
 
 def register_model(name: str, config_cls: type) -> Callable:
-    """Register ``build(cfg) -> Autoencoder`` under ``name`` with its config dataclass."""
+    """Register ``build(cfg) -> model`` (an :class:`Autoencoder` or another :class:`PretrainedModel`)
+    under ``name`` with its config dataclass."""
 
     def deco(build: Callable) -> Callable:
         MODELS.register(name, help=build.__doc__)(ModelSpec(name, config_cls, build))
@@ -76,7 +77,7 @@ def model_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     return from_dict(spec.config_cls, data, "model")
 
 
-def build_model(name: str, cfg: Any = None, **overrides: Any) -> Autoencoder:
+def build_model(name: str, cfg: Any = None, **overrides: Any) -> PretrainedModel:
     """Build a registered model from its config (defaults if ``None``) and keyword overrides.
 
     Example:
@@ -96,7 +97,53 @@ def build_model(name: str, cfg: Any = None, **overrides: Any) -> Autoencoder:
     return model
 
 
-class Autoencoder(nn.Module):
+class PretrainedModel(nn.Module):
+    """Persistence shared by every registered model: ``config.json`` + ``model.safetensors``, never pickle.
+
+    A model built by :func:`build_model` carries its registry ``name`` and its ``config``; that is
+    all :meth:`from_pretrained` needs to rebuild the architecture before loading the weights (and
+    the buffers, e.g. a vector quantizer's codebook statistics).
+    """
+
+    name: str
+    config: Any
+
+    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``.
+
+        Args:
+            directory: created if missing.
+            extra_config: more top-level entries for ``config.json`` (a run's data and trainer
+                settings), written in the same atomic write.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model": self.name, "model_config": to_dict(self.config), **(extra_config or {})}
+        save_json(directory / CONFIG_NAME, config)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"model": self.name})
+
+    @staticmethod
+    def from_pretrained(directory: str | Path, map_location: str = "cpu") -> PretrainedModel:
+        """Rebuild any registered model from ``config.json`` (looked up by name) and load its weights."""
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: not a saved aelab model or run directory")
+        meta = load_json(cfg_path)
+        if "model" not in meta or "model_config" not in meta:
+            raise ConfigError(f"{cfg_path}: expected keys 'model' and 'model_config'")
+        spec: ModelSpec = MODELS.get(meta["model"])
+        model = build_model(meta["model"], from_dict(spec.config_cls, meta["model_config"], "model"))
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found")
+        model.load_state_dict(load_file(str(weights), device=map_location))
+        return model.eval()
+
+
+class Autoencoder(PretrainedModel):
     """An autoencoder assembled from parts, with its objective.
 
     Args:
@@ -125,6 +172,11 @@ class Autoencoder(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one example's ``z`` (what ``forward`` puts in ``ModelOutput.z`` after the batch dim)."""
+        return (self.config.latent_dim,)
 
     # --- the pipeline -------------------------------------------------------------------------
     def encode(self, x: Tensor, step: int | None = None, encoding: bool = True) -> Distribution:
@@ -159,41 +211,6 @@ class Autoencoder(nn.Module):
         pz = self.prior()
         z = pz.sample((n,))
         return mean_image(self.decode(z))
-
-    # --- persistence: config.json + model.safetensors, never pickle ----------------------------
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``.
-
-        Args:
-            directory: created if missing.
-            extra_config: more top-level entries for ``config.json`` (a run's data and trainer
-                settings), written in the same atomic write.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"model": self.name, "model_config": to_dict(self.config), **(extra_config or {})}
-        save_json(directory / CONFIG_NAME, config)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"model": self.name})
-
-    @staticmethod
-    def from_pretrained(directory: str | Path, map_location: str = "cpu") -> Autoencoder:
-        """Rebuild the architecture from ``config.json`` (class looked up by name) and load weights."""
-        directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: not a saved aelab model or run directory")
-        meta = load_json(cfg_path)
-        if "model" not in meta or "model_config" not in meta:
-            raise ConfigError(f"{cfg_path}: expected keys 'model' and 'model_config'")
-        spec: ModelSpec = MODELS.get(meta["model"])
-        model = build_model(meta["model"], from_dict(spec.config_cls, meta["model_config"], "model"))
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found")
-        model.load_state_dict(load_file(str(weights), device=map_location))
-        return model.eval()
 
 
 def build_autoencoder(cfg: AEConfig, head: Callable[[int], LatentHead], terms: dict,
