@@ -22,6 +22,13 @@ TINY_SHAPE = (1, 12, 10)
 
 def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     """Smallest sensible config for each registered model, for the contract tests."""
+    if name in ("vqvae", "vqvae2"):  # spatial code grids: no backbone kind (3 x 2 bottom grid, 1 x 1 top)
+        cfg = {"image_shape": TINY_SHAPE, "embedding_dim": 3, "num_codes": 8, "channels": (4, 8),
+               "res_blocks": 1, "res_channels": 4, "quantizer": {"dead_after": 3, "kmeans_iters": 2}}
+        # vqvae: EMA codebook from k-means (the defaults); vqvae2: codebook loss from a random start
+        # (with k-means on 5 one-position top grids every vector would be a centroid: zero codebook loss)
+        vq2 = {"top_channels": 4, "quantizer": cfg["quantizer"] | {"ema": False, "kmeans_init": False}}
+        return cfg | (vq2 if name == "vqvae2" else {})
     cfg: dict = {"image_shape": TINY_SHAPE, "latent_dim": 6,
                  "backbone": {"kind": kind, "hidden": (16,), "channels": (4, 8), "fc": 12}}
     if name == "ksparse_ae":

@@ -18,6 +18,29 @@ class ReconstructionNLL:
         return -out.px_z.log_prob(out.x)
 
 
+class AuxLoss:
+    """A loss a layer computed itself, read from ``out.aux[key]`` (per example, ``(B,)``).
+
+    Layers such as the vector quantizer know their own auxiliary losses (codebook and commitment);
+    this term hands them to the objective so they are weighted and logged like every other term.
+
+    Args:
+        key: the entry of ``ModelOutput.aux`` holding the per-example values.
+
+    References:
+        van den Oord et al., "Neural Discrete Representation Learning", NeurIPS 2017 (the
+        codebook loss ``||sg[z_e] - e||^2`` and the commitment loss ``||z_e - sg[e]||^2``).
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        if self.key not in out.aux:
+            raise ValueError(f"this term needs {self.key!r} in the model output's aux (a VQ model's forward sets it)")
+        return out.aux[self.key]
+
+
 def bernoulli_kl(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:
     """KL(Bernoulli(rho) || Bernoulli(rho_hat)) elementwise."""
     rho_hat = rho_hat.clamp(eps, 1 - eps)

@@ -316,7 +316,9 @@ class Trainer:
         if getattr(self.model, "prior", None) is not None:
             torch.manual_seed(0)  # the same prior draws every epoch (we run inside _end_epoch's fork_rng)
             save_image_grid(self.model.sample(64), images / f"samples_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
-            # traversals (and for 2-D codes the manifold and the code scatter): own seeded RNG
+        # traversals (and for 2-D codes the manifold and the code scatter): own seeded RNG; a code
+        # prior (VQ models) has no continuous latents to traverse
+        if getattr(self.model, "prior", None) is not None and getattr(self.model, "code_shapes", None) is None:
             write_run_figures(self.model, self.test_data, images, class_names=self.class_names,
                               suffix=f"_epoch{epoch + 1:03d}", caption=f"epoch {epoch + 1}", samples=False,
                               kl_chart=False)
@@ -326,7 +328,9 @@ class Trainer:
 def default_evaluate(model: nn.Module, data: ImageDataset, cfg: TrainerConfig) -> dict[str, float]:
     """The trainer's per-epoch evaluation on the test split.
 
-    Reconstruction metrics for every model; for models with a prior also the latent diagnostics
+    Reconstruction metrics for every model; for vector-quantised models (``code_shapes``) also
+    the codebook health (:func:`aelab.metrics.codebook.codebook_metrics`); for models with a
+    prior over continuous latents also the latent diagnostics
     (``cfg.diagnostics``) and the IWAE NLL with its ELBO (``cfg.iwae_k`` samples on a random
     ``cfg.iwae_limit`` test examples). The metrics draw from their own seeded RNG streams, so the
     numbers are comparable across epochs and evaluation never touches the training stream.
@@ -336,6 +340,10 @@ def default_evaluate(model: nn.Module, data: ImageDataset, cfg: TrainerConfig) -
     from aelab.metrics.reconstruction import evaluate_reconstruction
 
     out = evaluate_reconstruction(model, data, cfg.eval_batch_size, cfg.eval_limit)
+    if getattr(model, "code_shapes", None) is not None:  # discrete codes: no p(z) to score, codebook health instead
+        from aelab.metrics.codebook import codebook_metrics
+
+        return out | codebook_metrics(model, data, cfg.eval_batch_size, cfg.eval_limit)
     if getattr(model, "prior", None) is None:
         return out
     if cfg.diagnostics:
