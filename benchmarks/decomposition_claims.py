@@ -35,7 +35,7 @@ from aelab.metrics.disentanglement import disentanglement_metric
 from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
 from aelab.metrics.sparsity import sparsity_metric
 from aelab.models.base import build_model
-from aelab.report.figures import plot_latent_scatter
+from aelab.report.figures import plot_latent_scatter, write_run_figures
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -98,8 +98,15 @@ def run_one(claim: str, label: str, seed: int, args: argparse.Namespace) -> dict
         if model.config.prior.name == "mixture":
             out |= {f"prior_{k}": v for k, v in clustering_metric(model, data.test, seed=seed, assign="prior").items()}
     out["metric_seconds"] = time.perf_counter() - t0
-    if args.out and seed == int(args.seeds.split(",")[0]) and model.latent_dim == 2:
-        _aggregate_vs_prior(model, data, Path(args.out) / f"{claim}_{_slug(label)}.png", label)
+    if args.out and seed == int(args.seeds.split(",")[0]):
+        if model.latent_dim == 2:
+            _aggregate_vs_prior(model, data, Path(args.out) / f"{claim}_{_slug(label)}.png", label)
+        else:  # latent traversals of every dimension, ranked by KL
+            tmp = Path(args.out) / f"_{claim}_{_slug(label)}"
+            (written,) = write_run_figures(model, data.test, tmp, n_dims=model.latent_dim, samples=False,
+                                           kl_chart=False, caption=f"{label}, seed {seed}")
+            written.replace(Path(args.out) / f"{claim}_{_slug(label)}_traversals.png")
+            tmp.rmdir()
     return out
 
 
