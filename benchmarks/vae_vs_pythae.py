@@ -264,7 +264,7 @@ def train_aelab(data, args: argparse.Namespace, other_turn) -> tuple[Autoencoder
     torch.manual_seed(args.seed)
     model = build_model("vae", **MODEL)
     cfg = TrainerConfig(epochs=args.epochs, batch_size=BATCH_SIZE, lr=LR, seed=args.seed, images=False,
-                        progress=False)
+                        progress=False, precision=args.precision)
     records: list[dict] = []
     waited, cpu = [0.0], [time.process_time()]
 
@@ -316,7 +316,10 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)),
                    help="data directory (default: $AELAB_DATA_DIR, else ../shared/data beside the checkout)")
     p.add_argument("--train-subset", type=int, default=None, help="for a quick smoke run only")
-    p.add_argument("--save", action="store_true", help=f"also write the JSON to {RESULT.relative_to(HERE.parent)}")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="aelab's trainer.precision (pythae always trains in float32; scoring is float32 for both)")
+    p.add_argument("--save", action="store_true",
+                   help=f"also write the JSON to {RESULT.relative_to(HERE.parent)} (bf16: ..._bf16.json)")
     args = p.parse_args()
     for name in ("epochs", "threads", "iwae_k", "turn_steps"):
         if getattr(args, name) < 1:
@@ -373,6 +376,7 @@ def main() -> None:
         "network": "MLP 784-512-16 (ReLU), diagonal Gaussian q(z|x), N(0, I) prior, Bernoulli likelihood, "
                    f"Adam {LR:g} constant, batch {BATCH_SIZE}",
         "epochs": args.epochs, "threads": args.threads, "seed": args.seed,
+        "precision": {"aelab": args.precision, "pythae": "fp32"},
         "seeds": {"init_and_data_order_both_sides": args.seed, "iwae_subset": args.seed,
                   "neg_elbo_noise": args.seed, "iwae_noise": args.seed + 1},
         "neg_elbo_test_size": len(data.test), "iwae_k": args.iwae_k, "iwae_test_size": n_iwae,
@@ -398,8 +402,9 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.save:
-        atomic_write_text(RESULT, text + "\n")
-        log(f"saved {RESULT}")
+        out = RESULT if args.precision == "fp32" else RESULT.with_name(f"{RESULT.stem}_{args.precision}.json")
+        atomic_write_text(out, text + "\n")
+        log(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from aelab.nn.precision import float32_region
+
 
 @dataclass
 class QuantizerConfig:
@@ -184,6 +186,9 @@ class VectorQuantizer(nn.Module):
             update: change the layer's state (k-means initialisation on the first call, EMA
                 codebook, usage counters, dead-code restarts); default: in training mode.
         """
+        if torch.is_autocast_enabled(z_e.device.type):  # nearest codes and EMA statistics in float32
+            with float32_region(z_e):
+                return self(z_e.float(), update)
         update = self.training if update is None else update
         b = z_e.shape[0]
         z = z_e.movedim(1, -1)  # (B, *S, D)

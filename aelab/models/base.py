@@ -23,6 +23,7 @@ from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.nn.backbones import BackboneConfig, build_decoder, build_encoder
+from aelab.nn.precision import float32_region
 from aelab.outputs import LossOutput, ModelOutput
 from aelab.registry import MODELS
 
@@ -181,11 +182,15 @@ class Autoencoder(PretrainedModel):
     # --- the pipeline -------------------------------------------------------------------------
     def encode(self, x: Tensor, step: int | None = None, encoding: bool = True) -> Distribution:
         """q(z|x) for clean inputs ``(B, C, H, W)``; ``.mean`` gives the codes used as features."""
-        return self.head(self.encoder(x), step=step, encoding=encoding)
+        h = self.encoder(x)  # the backbone may run in bfloat16 under autocast; the head never does
+        with float32_region(h):
+            return self.head(h.float(), step=step, encoding=encoding)
 
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) with event shape (C, H, W)."""
-        return self.likelihood(self.decoder(z))
+        params = self.decoder(z)
+        with float32_region(params):
+            return self.likelihood(params.float())
 
     def forward(self, x: Tensor, step: int | None = None) -> ModelOutput:
         x_in = self.corruption(x) if self.corruption is not None else x
@@ -196,7 +201,9 @@ class Autoencoder(PretrainedModel):
         return ModelOutput(x=x, x_in=x_in, z=z, qz_x=qz_x, px_z=px_z, pz=pz)
 
     def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
-        return self.objective(self(x, step), self, step)
+        out = self(x, step)
+        with float32_region(x):  # log-densities, KL and penalties in float32 (see aelab.nn.precision)
+            return self.objective(out, self, step)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

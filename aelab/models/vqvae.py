@@ -31,6 +31,7 @@ from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.losses.terms import AuxLoss, ReconstructionNLL
 from aelab.models.base import PretrainedModel, register_model
+from aelab.nn.precision import float32_region
 from aelab.nn.resnet import ResNetDecoder, ResNetEncoder, conv_sizes
 from aelab.outputs import LossOutput, ModelOutput
 
@@ -178,7 +179,9 @@ class VQAutoencoder(PretrainedModel):
         return ModelOutput(x=x, x_in=x, z=z, qz_x=PointMass(z), px_z=self.decode(z), aux=aux)
 
     def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
-        return self.objective(self(x, step), self, step)
+        out = self(x, step)
+        with float32_region(x):  # see aelab.nn.precision
+            return self.objective(out, self, step)
 
     def encode(self, x: Tensor, step: int | None = None, encoding: bool = True) -> Distribution:
         """A point mass at the flattened quantised latents ``(B, latent_dim)`` (never updates state)."""
@@ -186,7 +189,9 @@ class VQAutoencoder(PretrainedModel):
 
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) for flattened quantised latents ``(B, latent_dim)``, event shape (C, H, W)."""
-        return self.likelihood(self._decode_grids(self._split(z)))
+        params = self._decode_grids(self._split(z))
+        with float32_region(params):
+            return self.likelihood(params.float())
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -34,6 +34,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 raise TypeError(f"optimizer state {pid}.{k} is not a tensor ({type(v).__name__})")
             tensors[f"optim.{pid}.{k}"] = v.detach().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
+    device = _cuda_device(model)
+    if device is not None:  # training draws (reparameterisation noise) come from the CUDA generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     info = {**meta, "param_groups": opt["param_groups"]}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info)})
@@ -57,4 +60,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             state.setdefault(int(pid), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
     torch.set_rng_state(tensors["rng.torch"])
+    device = _cuda_device(model)
+    if device is not None and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     return meta
+
+
+def _cuda_device(model: nn.Module) -> torch.device | None:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None and p.device.type == "cuda" else None

@@ -1,0 +1,28 @@
+"""Mixed precision: which parts of a model may run in bfloat16.
+
+Under ``trainer.precision=bf16`` the trainer runs ``model.loss`` inside ``torch.autocast``. The
+backbones (encoder and decoder matrix products and convolutions: nearly all of the arithmetic)
+then run in bfloat16, but everything probabilistic must not: a Bernoulli log-likelihood summed
+over 784 pixels needs more than bfloat16's 8 significant bits, flows need exact log-determinants,
+and a quantizer's nearest-code search must not flip on rounding. Models wrap those parts in
+:func:`float32_region` and cast their inputs with ``.float()`` (free when already float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def float32_region(x: Tensor) -> torch.autocast:
+    """A context in which autocast is off on ``x``'s device, so ops run in their inputs' dtype.
+
+    Example:
+        >>> x = torch.randn(2, 3)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     with float32_region(x):
+        ...         y = x @ x.T
+        >>> y.dtype
+        torch.float32
+    """
+    return torch.autocast(x.device.type, enabled=False)
