@@ -80,3 +80,4 @@ LIKELIHOODS: Registry = Registry("likelihood")
 PRIORS: Registry = Registry("prior")
 METRICS: Registry = Registry("metric")
 BACKBONES: Registry = Registry("backbone")
+CODE_PRIORS: Registry = Registry("code prior")  # autoregressive priors over VQ code grids
