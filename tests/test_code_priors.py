@@ -431,3 +431,23 @@ def test_code_dataset_packs_what_the_prior_unpacks():
     assert len(sub) == 2 and torch.equal(sub.get_batch(torch.tensor([1]))[0], ds.get_batch(torch.tensor([3]))[0])
     plain = CodeDataset(codes, labels=y)
     assert torch.equal(plain.get_batch(torch.tensor([1]))[0], codes[[1]])
+
+
+def test_priors_fit_the_vqvae2_model_code_api():
+    """Codes from the VQ-VAE-2 model feed the prior's data set, and the prior's levels attach to it."""
+    from conftest import TINY_SHAPE, tiny_overrides
+
+    from aelab.models import build_model
+
+    model = build_model("vqvae2", **tiny_overrides("vqvae2")).eval()
+    (top_shape, bottom_shape), (k_top, k_bottom) = model.code_shapes, model.num_codes
+    prior = build_code_prior("vqvae2", top={"num_codes": k_top, "grid_shape": top_shape, "channels": 8, "heads": 2,
+                                            "blocks": 1},
+                             bottom={"num_codes": k_bottom, "grid_shape": bottom_shape, "channels": 8, "layers": 2,
+                                     "kernel_size": 3, "cond_channels": 4})
+    with torch.no_grad():
+        top, bottom = model.encode_codes(torch.rand(6, *TINY_SHAPE))
+    x, _ = CodeDataset(bottom, cond=top).get_batch(torch.arange(6))
+    assert torch.isfinite(prior.loss(x).loss)
+    model.attach_prior(*prior.levels)
+    assert model.sample(3).shape == (3, *TINY_SHAPE)

@@ -404,7 +404,8 @@ class CodePrior(nn.Module):
     def log_prob(self, codes: Tensor, cond: Tensor | None = None, y: Tensor | int | None = None) -> Tensor:
         """``log p(codes | cond, y)`` ``(B,)`` in nats: the sum of the H x W categorical log-probabilities."""
         logits = self.logits(codes, cond, y)
-        return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+        # float32 even under bf16 autocast: the sum over H x W log-probabilities needs the precision
+        return -F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
     def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
         """Mean NLL per grid, for the trainer. ``x``: codes ``(B, H, W)`` or a packed batch (:func:`pack_codes`).
@@ -486,6 +487,12 @@ class VQVAE2Prior(nn.Module):
     @property
     def class_conditional(self) -> bool:
         return self.top.class_conditional or self.bottom.class_conditional
+
+    @property
+    def levels(self) -> tuple[CodePrior, CodePrior]:
+        """``(top, bottom)``, e.g. for ``vqvae2_model.attach_prior(*prior.levels)`` (unconditional
+        priors: the model passes the top codes as the bottom's ``cond``)."""
+        return self.top, self.bottom
 
     def _labels(self, level: CodePrior, y: Tensor | int | None) -> Tensor | int | None:
         return y if level.class_conditional else None
@@ -645,6 +652,8 @@ def evaluate_code_prior(prior: nn.Module, data: ImageDataset, batch_size: int = 
                         limit: int | None = None) -> dict[str, float]:
     """Test NLL of a code prior: the mean of each ``loss`` term over the split, plus ``nll``.
 
+    Runs in evaluation mode on the prior's device; ``limit`` evaluates a seeded random subset.
+
     Returns:
         ``nll``: nats per code grid (both grids for ``vqvae2``), ``bits_per_code``:
         ``nll / (codes per example * ln 2)``, and the prior's other terms (``nll_top``,
@@ -655,14 +664,17 @@ def evaluate_code_prior(prior: nn.Module, data: ImageDataset, batch_size: int = 
         >>> sorted(evaluate_code_prior(prior, CodeDataset(torch.randint(0, 4, (10, 2, 2)))))
         ['bits_per_code', 'nll']
     """
+    from aelab.data.base import random_subset
     from aelab.training.batches import eval_batches
 
+    data = random_subset(data, limit, seed=0)  # never the first N: splits may be sorted by label
+    device = next(prior.parameters()).device
     was_training = prior.training
     prior.eval()
     sums: dict[str, float] = {}
     n = 0
-    for x, _ in eval_batches(data, batch_size, limit):
-        out = prior.loss(x)
+    for x, _ in eval_batches(data, batch_size):
+        out = prior.loss(x.to(device))
         b = x.shape[0]
         sums["nll"] = sums.get("nll", 0.0) + out.per_example.double().sum().item()
         for k, v in out.terms.items():
