@@ -68,11 +68,13 @@ VARIANTS = [
     ("pixelcnn", {}),
     ("pixelcnn", {"num_classes": 3}),
     ("pixelcnn", {"cond_codes": 4, "cond_shape": (2, 3), "cond_channels": 6}),
+    ("pixelcnn", {"kernel_size": 5, "layers": 2, "num_classes": 2, "cond_codes": 3, "cond_shape": (5, 5)}),
     ("pixelsnail", {}),
     ("pixelsnail", {"positional": "fixed", "num_classes": 3}),
     ("pixelsnail", {"cond_codes": 4, "cond_shape": (7, 7), "cond_channels": 6}),
 ]
-IDS = ["pixelcnn", "pixelcnn-class", "pixelcnn-cond", "pixelsnail", "pixelsnail-fixed-class", "pixelsnail-cond"]
+IDS = ["pixelcnn", "pixelcnn-class", "pixelcnn-cond", "pixelcnn-k5-class-cond",
+       "pixelsnail", "pixelsnail-fixed-class", "pixelsnail-cond"]
 
 
 def input_dependence(prior: CodePrior, r: int, c: int, **cond) -> torch.Tensor:
@@ -152,22 +154,32 @@ def test_sinusoidal_encoding_separates_positions():
 
 
 def test_the_sampling_protocol_gives_the_teacher_forced_logits():
-    """What sampling relies on: ``start_row`` + ``logits_at`` (the PixelCNN caches the vertical stack
-    per row and runs the horizontal stack on the row's first columns) equal the full network's logits,
-    and read no code at or after the position (those are scrambled here)."""
+    """What sampling relies on: ``start_row`` + ``logits_at`` (the PixelCNN computes one vertical row
+    per row from cached rows above and runs the horizontal stack on the row's first columns) equal
+    the full network's logits, and read no code at or after the position (those are scrambled here)."""
     for name, kw in VARIANTS:
         prior = tiny(name, **kw).eval()
         codes = torch.randint(0, K, (3, *GRID))
         cond = conditioning(prior, 3)
         cond_map = prior.conditioner(cond["cond"]) if "cond" in cond else None
         full = prior.net(codes, cond_map, cond.get("y"))
-        for r, c in itertools.product(range(GRID[0]), range(GRID[1])):
-            scrambled = codes.clone().view(3, -1)
-            scrambled[:, r * GRID[1] + c :] = torch.randint(0, K, (3, GRID[0] * GRID[1] - r * GRID[1] - c))
-            scrambled = scrambled.view(3, *GRID)
-            state = prior.net.start_row(scrambled, r, cond_map, cond.get("y"))
-            torch.testing.assert_close(prior.net.logits_at(scrambled, r, c, state), full[:, :, r, c],
-                                       atol=1e-5, rtol=1e-5, msg=f"{name} {kw} {(r, c)}")
+        state = None
+        for r in range(GRID[0]):
+            state = prior.net.start_row(scrambled_from(codes, r, 0), r, cond_map, cond.get("y"), state)
+            for c in range(GRID[1]):
+                logits = prior.net.logits_at(scrambled_from(codes, r, c), r, c, state)
+                torch.testing.assert_close(logits, full[:, :, r, c], atol=1e-5, rtol=1e-5,
+                                           msg=f"{name} {kw} {(r, c)}")
+    with pytest.raises(ValueError, match="in order"):
+        tiny("pixelcnn").net.start_row(codes, 2)
+
+
+def scrambled_from(codes: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """``codes`` with every position from (r, c) on in raster order replaced by random codes."""
+    flat = codes.clone().flatten(1)
+    i = r * codes.shape[2] + c
+    flat[:, i:] = torch.randint(0, K, (codes.shape[0], flat.shape[1] - i))
+    return flat.view_as(codes)
 
 
 # --- log_prob ----------------------------------------------------------------------------------

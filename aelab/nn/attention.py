@@ -248,8 +248,8 @@ class PixelSNAIL(nn.Module):
         return self.from_embedding(self.embed_codes(codes), cond, y)
 
     # --- sampling: the same protocol as GatedPixelCNN, without caching ----------------------
-    def start_row(self, codes: Tensor, r: int, cond: Tensor | None = None,
-                  y: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    def start_row(self, codes: Tensor, r: int, cond: Tensor | None = None, y: Tensor | None = None,
+                  state: object = None) -> tuple[Tensor | None, Tensor | None]:
         """Attention reads the current row, so nothing is cached: the state is the cropped conditioning."""
         return (cond[:, :, : r + 1] if cond is not None else None), y
 

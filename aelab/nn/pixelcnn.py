@@ -19,8 +19,8 @@ current code to its own logits); later layers (mask type B) include them, which 
 their inputs already depend only on earlier positions.
 
 Sampling uses the split between the stacks: the vertical stack at row ``r`` does not depend on
-row ``r``, so it runs once per row (on rows ``0..r``), and each position of the row then needs the
-horizontal stack over that row's columns ``<= c`` only (:meth:`GatedPixelCNN.start_row`,
+row ``r``, so it runs once per row (on that row only, from cached rows above), and each position
+of the row then needs the horizontal stack over that row's columns ``<= c`` only (:meth:`GatedPixelCNN.start_row`,
 :meth:`GatedPixelCNN.logits_at`).
 
 References:
@@ -190,21 +190,39 @@ class GatedPixelCNN(nn.Module):
         return self.from_embedding(self.embed_codes(codes), cond, y)
 
     # --- sampling: one row at a time --------------------------------------------------------
-    def start_row(self, codes: Tensor, r: int, cond: Tensor | None = None, y: Tensor | None = None) -> list[Tensor]:
-        """What every position of row ``r`` needs from the rows above: each layer's vertical input
-        to the horizontal gate at row ``r``, ``(B, 2C, 1, W)``. Reads ``codes[:, :r]`` only."""
-        v = self.embed_codes(codes[:, : r + 1])  # row r's own codes do not reach the vertical stack at row r
-        cond = cond[:, :, : r + 1] if cond is not None else None
-        from_v = []
-        for layer in self.layers:
-            v, f = layer.vertical_step(v, cond, y)
-            from_v.append(f[:, :, r : r + 1])
-        return from_v
+    def start_row(self, codes: Tensor, r: int, cond: Tensor | None = None, y: Tensor | None = None,
+                  state: dict[str, list[Tensor]] | None = None) -> dict[str, list[Tensor]]:
+        """What every position of row ``r`` needs from the rows above; reads ``codes[:, :r]`` only.
 
-    def logits_at(self, codes: Tensor, r: int, c: int, state: list[Tensor]) -> Tensor:
+        The vertical stack at row ``r`` needs each layer's input at rows ``r - p .. r`` alone, and
+        the rows above were computed when they were started: ``state`` (this method's result for
+        row ``r - 1``; ``None`` for row 0) keeps each layer's last ``p + 1`` vertical rows, so a row
+        costs one row of vertical work per layer.
+
+        Returns:
+            ``{"v": cached vertical rows, "from_v": each layer's input to the horizontal gate at
+            row r, (B, 2C, 1, W)}``.
+        """
+        if (state is None) != (r == 0):
+            raise ValueError("start the rows in order: pass the state of row r - 1 (None for row 0)")
+        p = self.layers[0].pad
+        lo = max(0, r - p)
+        v = self.embed_codes(codes[:, lo : r + 1])  # row r's codes are read by no vertical kernel at row r
+        cond = cond[:, :, lo : r + 1] if cond is not None else None
+        previous = state["v"] if state is not None else [None] * len(self.layers)
+        cached, from_v = [], []
+        for layer, old in zip(self.layers, previous):
+            out, f = layer.vertical_step(v, cond, y)  # the last row is row r (the window starts at r - p or 0)
+            from_v.append(f[:, :, -1:])
+            rows = out[:, :, -1:] if old is None else torch.cat([old, out[:, :, -1:]], dim=2)[:, :, -(p + 1) :]
+            cached.append(rows)
+            v = rows  # the next layer's input at rows lo .. r
+        return {"v": cached, "from_v": from_v}
+
+    def logits_at(self, codes: Tensor, r: int, c: int, state: dict[str, list[Tensor]]) -> Tensor:
         """Logits ``(B, K)`` at ``(r, c)`` from :meth:`start_row`'s ``state`` and ``codes[:, r, :c]``:
         the horizontal stack on one row, cropped to the columns ``<= c``."""
         h = self.embed_codes(codes[:, r : r + 1, : c + 1])
-        for layer, from_v in zip(self.layers, state):
+        for layer, from_v in zip(self.layers, state["from_v"]):
             h = layer.horizontal_step(h, from_v[..., : c + 1])
         return self.head(h[..., -1:]).flatten(1)

@@ -316,8 +316,9 @@ class CodePrior(nn.Module):
         cfg: the prior's config (kept for ``save_pretrained``).
         net: ``net(codes, cond_map, y) -> logits (B, K, H, W)`` where the logits at raster position
             ``i`` depend on ``codes`` at positions ``< i`` only, with the sampling protocol
-            ``state = net.start_row(codes, r, cond_map, y)`` and ``net.logits_at(codes, r, c, state)``
-            (the logits at ``(r, c)`` from the codes before it).
+            ``state = net.start_row(codes, r, cond_map, y, state)`` (rows in order, ``None`` before
+            row 0) and ``net.logits_at(codes, r, c, state)`` (the logits at ``(r, c)`` from the
+            codes before it).
 
     Example:
         >>> prior = build_code_prior("pixelcnn", num_codes=4, grid_shape=(2, 3), channels=8, layers=2,
@@ -425,8 +426,9 @@ class CodePrior(nn.Module):
 
         Position ``(r, c)`` is drawn from softmax(logits / ``temperature``); ``temperature=0``
         takes the most likely code (greedy decoding). The network computes only what each position
-        needs: for the PixelCNN, the vertical stack once per row and the horizontal stack over the
-        current row's columns ``<= c`` per position; for PixelSNAIL, the whole net on rows ``<= r``.
+        needs: for the PixelCNN, the vertical stack on one row per row (the rows above are cached)
+        and the horizontal stack over the row's columns ``<= c`` per position; for PixelSNAIL, the
+        whole net on rows ``<= r``.
 
         Args:
             n: number of grids.
@@ -440,8 +442,9 @@ class CodePrior(nn.Module):
         cond_map, y = self._condition(n, cond, y, device)
         height, width = self.config.grid_shape
         codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
+        state = None
         for r in range(height):
-            state = self.net.start_row(codes, r, cond_map, y)
+            state = self.net.start_row(codes, r, cond_map, y, state)
             for c in range(width):
                 codes[:, r, c] = _draw(self.net.logits_at(codes, r, c, state), temperature, generator)
         return codes
