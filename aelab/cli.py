@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import sys
@@ -126,6 +127,8 @@ def _run_metric(name: str, model, data, options: dict[str, Any]) -> dict[str, fl
 
     fn = METRICS.get(name)
     params = inspect.signature(fn).parameters
+    if "splits" in params:  # metrics that need both splits and the data set's info (frechet)
+        return fn(model, data, **{k: v for k, v in options.items() if k in params})
     if "train" in params:
         return fn(model, data.train, data.test)
     return fn(model, data.test, **{k: v for k, v in options.items() if k in params})
@@ -141,7 +144,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         options = {"batch_size": cfg.trainer.eval_batch_size}
         if name == "likelihood":
             options |= {"k": args.k, "limit": limit, "batch_size": 100}
-        results |= _run_metric(name, model, data, options)
+        metric_data = data
+        if name == "frechet":
+            options |= {"n": args.samples}
+            if cfg.data.train_subset is not None or cfg.data.test_subset is not None:
+                # the feature classifier and the real statistics use the whole data set, not the run's subsets
+                from aelab.data.base import load_data
+
+                metric_data = load_data(dataclasses.replace(cfg.data, train_subset=None, test_subset=None))
+        results |= _run_metric(name, model, metric_data, options)
     if args.figures:
         written = _write_figures(args.run_dir, model, data)
         if not args.json:
@@ -159,6 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "bits_per_dim" not in results:
             print(f"  (no bits_per_dim: the {cfg.model_config.likelihood.name} likelihood is not a normalised "
                   "distribution over 8-bit pixel values; use discretized_logistic for a code length)")
+    if "frechet_distance" in results:
+        print(f"  (frechet_* and classifier_score*: {args.samples} samples vs real test images in the features of "
+              f"aelab's own {cfg.data.name} classifier; NOT Inception-FID, comparable only on this data set at this n)")
     if "mutual_info_max" in results:
         print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
     if per_dim:
@@ -264,11 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="test metrics of a trained run")
     e.add_argument("run_dir")
-    e.add_argument("--metrics", help="comma-separated metric names (default: reconstruction, linear_probe)")
+    e.add_argument("--metrics", help="comma-separated metric names (default: reconstruction, linear_probe, and "
+                   "likelihood, latent_diagnostics for models with a prior); frechet (sample quality) is opt-in")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL (default 1000)")
     e.add_argument("--limit", type=int, default=1000,
                    help="IWAE and ELBO on a seeded random subset of this many test images (0: all; default 1000)")
+    e.add_argument("--samples", type=int, default=10000,
+                   help="samples (and real test images) of the frechet metric (default 10000)")
     e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=cmd_eval)
 

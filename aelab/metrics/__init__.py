@@ -1,6 +1,14 @@
 """Metrics: pure functions on arrays/tensors returning ``dict[str, float]``, and wrappers."""
 
 from aelab.metrics import clustering, disentanglement, sparsity  # noqa: F401  (registration)
+from aelab.metrics.generative import (
+    ClassifierConfig,
+    classifier_score,
+    feature_statistics,
+    frechet_distance,
+    generative_metric,
+    load_or_train_classifier,
+)
 from aelab.metrics.latent import (
     active_units,
     collect_latent_statistics,
@@ -13,17 +21,23 @@ from aelab.metrics.probe import linear_probe, linear_probe_metric
 from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
 
 __all__ = [
+    "ClassifierConfig",
     "active_units",
     "bits_per_dim",
+    "classifier_score",
     "collect_latent_statistics",
     "elbo",
     "encode_dataset",
     "evaluate_reconstruction",
+    "feature_statistics",
+    "frechet_distance",
+    "generative_metric",
     "iwae_log_likelihood",
     "kl_summary",
     "latent_diagnostics",
     "likelihood_metric",
     "linear_probe",
     "linear_probe_metric",
+    "load_or_train_classifier",
     "mutual_information",
 ]
