@@ -20,15 +20,21 @@ def _default_mode() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``.
 
-    On any exception the temporary file is removed and ``path`` keeps its old content.
+    On any exception the temporary file is removed and ``path`` keeps its old content. The file
+    ends with the permissions ``open()`` would give it (``0666`` less the umask), whatever the
+    writer did to the temporary path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, _default_mode())  # mkstemp makes 0600; give the file the permissions open() would
+    mode = _default_mode()
+    os.chmod(tmp, mode)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         yield Path(tmp)
+        # again after writing: some writers (safetensors' save_file) replace the file at ``tmp``
+        # with a new one of their own, 0600, instead of writing into it
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:  # flush to disk before the rename makes it visible
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -32,3 +32,24 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         f.write("half")
         raise RuntimeError("crash")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_saved_weights_have_the_mode_of_config_json(tmp_path):
+    """safetensors' save_file replaces the temporary file with a 0600 one; the rename must not keep that."""
+    import torch
+
+    from aelab.data.base import TensorImageDataset
+    from aelab.models.base import build_model
+    from aelab.training.trainer import Trainer, TrainerConfig
+
+    old = os.umask(0o022)
+    try:
+        model = build_model("ae", image_shape=(1, 4, 4), latent_dim=2, backbone={"hidden": (4,)})
+        data = TensorImageDataset(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+        Trainer(model, data, None, TrainerConfig(epochs=1, images=False, progress=False), run_dir=tmp_path).save()
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes["config.json"] == 0o644
+    assert modes["model.safetensors"] == modes["config.json"], modes
+    assert modes["trainer_state.safetensors"] == modes["config.json"], modes
