@@ -197,3 +197,22 @@ def save_json(path: Any, obj: Any) -> None:
     from aelab.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def default_config(config_cls: type[C], overrides: dict[str, Any] | None = None, where: str = "config") -> C:
+    """The default ``config_cls()`` updated with a mapping whose dict values update nested configs.
+
+    Example:
+        >>> from aelab.models.base import AEConfig
+        >>> cfg = default_config(AEConfig, {"backbone": {"kind": "conv"}, "latent_dim": 8})
+        >>> cfg.backbone.kind, cfg.backbone.channels, cfg.latent_dim
+        ('conv', (32, 64, 64), 8)
+    """
+    data = to_dict(config_cls())
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    return from_dict(config_cls, data, where)
+

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
+from aelab.config import ConfigError, default_config, from_dict, load_json, save_json, to_dict
 from aelab.io import atomic_path
 from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
@@ -68,14 +68,7 @@ def register_model(name: str, config_cls: type) -> Callable:
 
 def model_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     """The default config of model ``name``, updated with a (nested) mapping."""
-    spec: ModelSpec = MODELS.get(name)
-    data = to_dict(spec.config_cls())
-    for k, v in (overrides or {}).items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            data[k].update(v)
-        else:
-            data[k] = v
-    return from_dict(spec.config_cls, data, "model")
+    return default_config(MODELS.get(name).config_cls, overrides, "model")
 
 
 def build_model(name: str, cfg: Any = None, **overrides: Any) -> PretrainedModel:
@@ -98,6 +91,49 @@ def build_model(name: str, cfg: Any = None, **overrides: Any) -> PretrainedModel
     return model
 
 
+def save_module(module: nn.Module, directory: str | Path, kind: str,
+                extra_config: dict[str, Any] | None = None) -> None:
+    """Write ``config.json`` (``{kind: name, kind + "_config": config, **extra}``) and the weights.
+
+    Both are written atomically; ``module`` carries its registry ``name`` and its ``config``
+    dataclass. Shared by models and code priors.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    extra = {k: v for k, v in (extra_config or {}).items() if k not in (kind, f"{kind}_config")}
+    save_json(directory / CONFIG_NAME, {kind: module.name, f"{kind}_config": to_dict(module.config), **extra})
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={kind: module.name})
+
+
+def read_saved_config(directory: str | Path, kind: str, missing: str, hint: str = "") -> dict[str, Any]:
+    """``config.json`` of a directory written by :func:`save_module`, checked for its two keys.
+
+    Args:
+        directory: the saved directory.
+        kind: ``model`` or ``prior``.
+        missing: what to say when there is no ``config.json``.
+        hint: appended to the error when the keys are missing.
+    """
+    cfg_path = Path(directory) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: {missing}")
+    meta = load_json(cfg_path)
+    if kind not in meta or f"{kind}_config" not in meta:
+        raise ConfigError(f"{cfg_path}: expected keys {kind!r} and '{kind}_config'{hint}")
+    return meta
+
+
+def load_weights(module: nn.Module, directory: str | Path, map_location: str = "cpu") -> Any:
+    """Load ``model.safetensors`` from ``directory`` into ``module``; returns it in eval mode."""
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found")
+    module.load_state_dict(load_file(str(weights), device=map_location))
+    return module.eval()
+
+
 class PretrainedModel(nn.Module):
     """Persistence shared by every registered model: ``config.json`` + ``model.safetensors``, never pickle.
 
@@ -117,31 +153,15 @@ class PretrainedModel(nn.Module):
             extra_config: more top-level entries for ``config.json`` (a run's data and trainer
                 settings), written in the same atomic write.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"model": self.name, "model_config": to_dict(self.config), **(extra_config or {})}
-        save_json(directory / CONFIG_NAME, config)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"model": self.name})
+        save_module(self, directory, "model", extra_config)
 
     @staticmethod
     def from_pretrained(directory: str | Path, map_location: str = "cpu") -> PretrainedModel:
         """Rebuild any registered model from ``config.json`` (looked up by name) and load its weights."""
-        directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: not a saved aelab model or run directory")
-        meta = load_json(cfg_path)
-        if "model" not in meta or "model_config" not in meta:
-            raise ConfigError(f"{cfg_path}: expected keys 'model' and 'model_config'")
+        meta = read_saved_config(directory, "model", "not a saved aelab model or run directory")
         spec: ModelSpec = MODELS.get(meta["model"])
         model = build_model(meta["model"], from_dict(spec.config_cls, meta["model_config"], "model"))
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found")
-        model.load_state_dict(load_file(str(weights), device=map_location))
-        return model.eval()
+        return load_weights(model, directory, map_location)
 
 
 class Autoencoder(PretrainedModel):

@@ -47,15 +47,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent
 from torch.nn import functional as F
 
-from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
+from aelab.config import ConfigError, default_config, from_dict, load_json, to_dict
 from aelab.data.base import ImageDataset
-from aelab.io import atomic_path
-from aelab.models.base import CONFIG_NAME, WEIGHTS_NAME
+from aelab.models.base import CONFIG_NAME, load_weights, read_saved_config, save_module
 from aelab.nn.attention import PixelSNAIL
 from aelab.nn.pixelcnn import GatedPixelCNN, check_kernel_size
 from aelab.outputs import LossOutput
@@ -208,14 +206,7 @@ def code_prior_config(name: str, overrides: dict[str, Any] | None = None) -> Any
         >>> code_prior_config("vqvae2", {"top": {"num_codes": 64}}).bottom.cond_codes
         64
     """
-    spec: CodePriorSpec = CODE_PRIORS.get(name)
-    data = to_dict(spec.config_cls())
-    for k, v in (overrides or {}).items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            data[k].update(v)
-        else:
-            data[k] = v
-    return from_dict(spec.config_cls, data, "prior")
+    return default_config(CODE_PRIORS.get(name).config_cls, overrides, "prior")
 
 
 def build_code_prior(name: str, cfg: Any = None, **overrides: Any) -> CodePrior | VQVAE2Prior:
@@ -555,13 +546,7 @@ def build_vqvae2_prior(cfg: VQVAE2PriorConfig) -> VQVAE2Prior:
 
 # --- persistence: config.json + model.safetensors, never pickle --------------------------------
 def _save(prior: nn.Module, directory: str | Path, extra_config: dict[str, Any] | None) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    extra = {k: v for k, v in (extra_config or {}).items() if k not in ("prior", "prior_config")}
-    save_json(directory / CONFIG_NAME, {"prior": prior.name, "prior_config": to_dict(prior.config), **extra})
-    state = {k: v.detach().contiguous() for k, v in prior.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"prior": prior.name})
+    save_module(prior, directory, "prior", extra_config)
 
 
 def load_code_prior(directory: str | Path, map_location: str = "cpu") -> CodePrior | VQVAE2Prior:
@@ -575,21 +560,13 @@ def load_code_prior(directory: str | Path, map_location: str = "cpu") -> CodePri
         ...     load_code_prior(d).config == prior.config
         True
     """
-    directory = Path(directory)
-    cfg_path = directory / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: not a saved code prior")
-    meta = load_json(cfg_path)
-    if "prior" not in meta or "prior_config" not in meta:
-        what = " (it holds a model: train a prior on its codes first)" if "model" in meta else ""
-        raise ConfigError(f"{cfg_path}: expected keys 'prior' and 'prior_config'{what}")
+    cfg_path = Path(directory) / CONFIG_NAME
+    holds_model = cfg_path.is_file() and "model" in load_json(cfg_path)
+    hint = " (it holds a model: train a prior on its codes first)" if holds_model else ""
+    meta = read_saved_config(directory, "prior", "not a saved code prior", hint)
     spec: CodePriorSpec = CODE_PRIORS.get(meta["prior"])
     prior = build_code_prior(meta["prior"], from_dict(spec.config_cls, meta["prior_config"], "prior"))
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found")
-    prior.load_state_dict(load_file(str(weights), device=map_location))
-    return prior.eval()
+    return load_weights(prior, directory, map_location)
 
 
 # --- data and training ------------------------------------------------------------------------
