@@ -1,4 +1,4 @@
-"""The ``aelab`` command line: list, train, eval, reconstruct, sample, traverse, figures."""
+"""The ``aelab`` command line: list, train, train-prior, eval, reconstruct, sample, traverse, figures."""
 
 from __future__ import annotations
 
@@ -101,18 +101,157 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(run_dir: str):
+def _encode_codes(model, split, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """The code grids of a whole split, one int64 ``(N, h, w)`` tensor per level (top first), on the CPU.
+
+    Filled in place batch by batch (no list of batches to concatenate: peak memory is the result).
+    """
+    from aelab.training.batches import eval_batches
+
+    out = [torch.empty(len(split), *shape, dtype=torch.long) for shape in model.code_shapes]
+    i = 0
+    model.to(device).eval()
+    with torch.no_grad():
+        for x, _ in eval_batches(split, batch_size):
+            codes = model.encode_codes(x.to(device))
+            for level, c in zip(out, [codes] if isinstance(codes, torch.Tensor) else codes):
+                level[i : i + x.shape[0]] = c.cpu()
+            i += x.shape[0]
+    return out
+
+
+def _prior_epoch_printer(trainer, metrics: dict[str, Any]) -> None:
+    shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "samples_per_second", "seconds")}
+    text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    print(f"epoch {metrics['epoch'] + 1} step {metrics['step']}: test {text} "
+          f"({metrics['samples_per_second']:.0f} grids/s)", flush=True)
+
+
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from aelab.config import from_dict, load_json, to_dict
     from aelab.data.base import load_data
+    from aelab.models.base import CONFIG_NAME, WEIGHTS_NAME
+    from aelab.priors.codes import CodeDataset, build_code_prior, train_code_prior
+    from aelab.runs import PRIOR_DIR, PriorRunConfig, prior_run_config
+    from aelab.training.checkpoint import STATE_NAME
+    from aelab.training.trainer import TrainerConfig, resolve_device
+
+    run_dir = Path(args.run_dir)
+    cfg, model = _load_model(args.run_dir)
+    if not _is_vq(model):
+        raise ConfigError(f"{run_dir} is a {cfg.model!r} run, which has no discrete codes; train-prior needs a "
+                          "vqvae or vqvae2 run")
+    prior_dir = run_dir / PRIOR_DIR
+    vq_hash = _sha256(run_dir / WEIGHTS_NAME)
+    if args.resume:
+        if args.name:
+            raise ConfigError("--resume continues the saved prior; leave out --name")
+        if not (prior_dir / STATE_NAME).is_file():
+            raise FileNotFoundError(f"{prior_dir / STATE_NAME} not found: no prior to resume; start one with "
+                                    f"`aelab train-prior {run_dir}`")
+        meta = load_json(prior_dir / CONFIG_NAME)
+        if meta.get("vq_weights_sha256") != vq_hash:
+            raise ConfigError(f"{run_dir / WEIGHTS_NAME} changed since the prior in {prior_dir} was started: its codes "
+                              f"differ; delete {prior_dir} and train a new prior")
+        pcfg = PriorRunConfig(prior=meta["prior"], prior_config=meta["prior_config"],
+                              trainer=from_dict(TrainerConfig, meta.get("trainer", {}), "trainer"))
+        pcfg = pcfg.with_overrides(args.set, trainer_only=True)
+    else:
+        if (prior_dir / STATE_NAME).exists() or (prior_dir / CONFIG_NAME).exists():
+            raise ConfigError(f"{prior_dir} already holds a code prior; continue it with `aelab train-prior {run_dir} "
+                              f"--resume` or delete that directory (nothing was overwritten)")
+        pcfg = prior_run_config(model, args.name, args.set)
+        # a log without a checkpoint is from an attempt stopped before its first save: start it afresh
+        (prior_dir / "metrics.jsonl").unlink(missing_ok=True)
+    data = load_data(cfg.data)
+    device = resolve_device(pcfg.trainer.device)
+    start = time.perf_counter()
+    splits = [_encode_codes(model, split, pcfg.trainer.eval_batch_size, device) for split in (data.train, data.test)]
+    encode_seconds = time.perf_counter() - start
+    # one level: the grid; two: the bottom grid conditioned on the top one (VQVAE2Prior's packing)
+    train, test = (CodeDataset(c[0]) if len(c) == 1 else CodeDataset(c[1], cond=c[0]) for c in splits)
+    torch.manual_seed(pcfg.trainer.seed)
+    prior = build_code_prior(pcfg.prior, pcfg.prior_config)
+    params = sum(p.numel() for p in prior.parameters())
+    grids = " + ".join(f"{h}x{w}" for h, w in model.code_shapes)
+    print(f"{'resuming' if args.resume else 'training'} the {pcfg.prior} code prior ({params / 1e6:.2f}M parameters) "
+          f"on the {grids} codes (K={'/'.join(map(str, model.num_codes))}) of {cfg.model} run {run_dir}: "
+          f"{len(train)} train / {len(test)} test images encoded in {encode_seconds:.1f}s -> {prior_dir}", flush=True)
+    run_config = {"trainer": to_dict(pcfg.trainer) | {"images": False}, "vq_weights_sha256": vq_hash,
+                  "vq_run": {"model": cfg.model, "data": cfg.data.name}}
+    metrics = train_code_prior(prior, train, test, pcfg.trainer, prior_dir, resume=args.resume,
+                               on_epoch_end=[_prior_epoch_printer], run_config=run_config)
+    summary = (f" (test nll {metrics['nll']:.4g} nats per image, {metrics['bits_per_code']:.4g} bits per code)"
+               if "nll" in metrics else "")
+    print(f"done: {prior_dir}{summary}; sample with `aelab sample {run_dir}`")
+    return 0
+
+
+def _load_model(run_dir: str):
     from aelab.models.base import Autoencoder
     from aelab.runs import load_run_config
 
-    cfg = load_run_config(run_dir)
-    model = Autoencoder.from_pretrained(run_dir)
+    return load_run_config(run_dir), Autoencoder.from_pretrained(run_dir)
+
+
+def _load_run(run_dir: str):
+    from aelab.data.base import load_data
+
+    cfg, model = _load_model(run_dir)
     return cfg, model, load_data(cfg.data)
+
+
+def _is_vq(model) -> bool:
+    """Whether the model has discrete code grids (VQ-VAE, VQ-VAE-2)."""
+    return getattr(model, "code_shapes", None) is not None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _attach_code_prior(run_dir: str | Path, model, required: bool):
+    """Load ``RUN_DIR/prior`` and attach it to the VQ model; ``None`` (or an error if ``required``) without one."""
+    from aelab.config import load_json
+    from aelab.models.base import CONFIG_NAME, WEIGHTS_NAME
+    from aelab.priors.codes import load_code_prior
+    from aelab.runs import PRIOR_DIR
+
+    run_dir = Path(run_dir)
+    prior_dir = run_dir / PRIOR_DIR
+    if not (prior_dir / CONFIG_NAME).is_file():
+        if required:
+            raise FileNotFoundError(f"{run_dir} has no code prior ({prior_dir} not found): train one on the run's "
+                                    f"codes first with `aelab train-prior {run_dir}`")
+        return None
+    prior = load_code_prior(prior_dir)
+    levels = tuple(getattr(prior, "levels", (prior,)))
+    if len(levels) != len(model.code_shapes) or any(
+            p.config.num_codes != k or tuple(p.config.grid_shape) != tuple(s)
+            for p, k, s in zip(levels, model.num_codes, model.code_shapes)):
+        raise ConfigError(f"the code prior in {prior_dir} was built for other code grids than the model's "
+                          f"({model.num_codes} codes on {model.code_shapes}); retrain it with `aelab train-prior`")
+    trained_on = load_json(prior_dir / CONFIG_NAME).get("vq_weights_sha256")
+    if trained_on is not None and trained_on != _sha256(run_dir / WEIGHTS_NAME):
+        print(f"aelab: warning: the code prior in {prior_dir} was trained on the codes of an earlier state of "
+              f"{run_dir / WEIGHTS_NAME}; delete {prior_dir} and run `aelab train-prior {run_dir}` again",
+              file=sys.stderr)
+    model.attach_prior(*levels)
+    return prior
 
 
 def _default_metrics(model, data) -> list[str]:
     names = ["reconstruction"]
+    if _is_vq(model):
+        # no linear probe by default: the flattened quantised latents are thousands of dimensions wide
+        # (64 x 7 x 7 = 3136 for the default VQ-VAE), slow and memory-hungry for full-batch L-BFGS
+        return names + ["codebook"] + (["code_likelihood"] if model.prior is not None else [])
     if getattr(model, "prior", None) is not None:
         names += ["likelihood", "latent_diagnostics"]
     if data.info.num_classes:
@@ -135,8 +274,24 @@ def _run_metric(name: str, model, data, options: dict[str, Any]) -> dict[str, fl
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from aelab.config import apply_overrides
+    from aelab.metrics.generative import ClassifierConfig
+    from aelab.registry import METRICS
+
     cfg, model, data = _load_run(args.run_dir)
+    vq = _is_vq(model)
+    if vq:
+        _attach_code_prior(args.run_dir, model, required=False)
     names = args.metrics.split(",") if args.metrics else _default_metrics(model, data)
+    for name in names:
+        METRICS.get(name)  # unknown names fail before any work
+        if vq and name in ("likelihood", "latent_diagnostics"):
+            raise ValueError(f"metric {name!r} needs a continuous prior p(z); a {cfg.model} run has discrete codes: "
+                             "use code_likelihood (the bound with its code prior) and codebook")
+        if vq and name in ("frechet", "code_likelihood") and model.prior is None:
+            raise FileNotFoundError(f"metric {name!r} needs the run's code prior: train one first with "
+                                    f"`aelab train-prior {args.run_dir}`")
+    classifier = apply_overrides(ClassifierConfig(), args.classifier) if args.classifier else None
     limit = None if args.limit == 0 else args.limit
     results: dict[str, float] = {}
     for name in names:
@@ -146,7 +301,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             options |= {"k": args.k, "limit": limit, "batch_size": 100}
         metric_data = data
         if name == "frechet":
-            options |= {"n": args.samples}
+            options |= {"n": args.samples, "classifier_config": classifier, "cache_dir": args.classifier_dir}
             if cfg.data.train_subset is not None or cfg.data.test_subset is not None:
                 # the feature classifier and the real statistics use the whole data set, not the run's subsets
                 from aelab.data.base import load_data
@@ -170,6 +325,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "bits_per_dim" not in results:
             print(f"  (no bits_per_dim: the {cfg.model_config.likelihood.name} likelihood is not a normalised "
                   "distribution over 8-bit pixel values; use discretized_logistic for a code length)")
+    if "bits_per_dim_bernoulli" in results:
+        print("  (bits_per_dim_bernoulli: the bound (recon_nll + prior_nll of the codes) / (C*H*W*ln 2) under the "
+              "Bernoulli likelihood on grey values: NOT comparable with 8-bit bits/dim; train with "
+              "model.likelihood.name=discretized_logistic for a code length)")
+    elif vq and "bits_per_dim" in results:
+        print("  (bits_per_dim: the bound (recon_nll + prior_nll of the codes) / (C*H*W*ln 2), 8-bit code length)")
+    if vq and model.prior is None:
+        print(f"  (no code prior yet: `aelab train-prior {args.run_dir}` enables sampling, frechet and the "
+              "likelihood bound)")
+    if vq and not args.metrics and data.info.num_classes:
+        print(f"  (linear_probe is skipped by default for VQ models ({model.latent_dim}-dim flattened latents); "
+              "ask for it with --metrics)")
     if "frechet_distance" in results:
         print(f"  (frechet_* and classifier_score*: {args.samples} samples vs real test images in the features of "
               f"aelab's own {cfg.data.name} classifier; NOT Inception-FID, comparable only on this data set at this n)")
@@ -185,9 +352,34 @@ def _write_figures(run_dir: str, model, data, out: str | None = None) -> list[Pa
 
     out_dir = Path(out) if out else Path(run_dir) / "figures"
     metrics = Path(run_dir) / "metrics.jsonl"
+    if _is_vq(model):
+        return _write_vq_figures(run_dir, model, data, out_dir, metrics)
     if getattr(model, "prior", None) is not None:
         return write_run_figures(model, data.test, out_dir, class_names=data.info.class_names, metrics=metrics)
     return [plot_training_curves(metrics, out_dir / "training_curves.png")] if metrics.is_file() else []
+
+
+def _write_vq_figures(run_dir: str, model, data, out_dir: Path, metrics: Path) -> list[Path]:
+    """Reconstructions, samples (with a code prior) and training curves; traversals do not apply to codes."""
+    from aelab.metrics.likelihood import evaluation
+    from aelab.report.figures import plot_training_curves
+    from aelab.report.images import reconstruction_grid, save_image_grid
+
+    if model.prior is None:
+        _attach_code_prior(run_dir, model, required=False)
+    idx = torch.linspace(0, len(data.test) - 1, min(32, len(data.test))).long()  # a spread of test images
+    x, _ = data.test.get_batch(idx)
+    written = [save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out_dir / "reconstructions.png",
+                               nrow=8, scale=2)]
+    if model.prior is not None:
+        with evaluation(model, 0):
+            written.append(save_image_grid(model.sample(64), out_dir / "samples.png", nrow=8, scale=2))
+    else:
+        print(f"no samples: the run has no code prior yet (`aelab train-prior {run_dir}`)")
+    if metrics.is_file():
+        written.append(plot_training_curves(metrics, out_dir / "training_curves.png"))
+    print("no latent traversals: they sweep continuous latents, and a VQ model's latents are discrete codes")
+    return written
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -203,14 +395,34 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from aelab.report.images import save_image_grid
 
-    _, model, _ = _load_run(args.run_dir)
-    if model.prior is None:
-        raise ValueError(f"model {model.name!r} has no prior to sample from")
+    _, model = _load_model(args.run_dir)
+    if _is_vq(model):
+        prior = _attach_code_prior(args.run_dir, model, required=True)
+        temperature = 1.0 if args.temperature is None else args.temperature
+        what = f"from the {prior.name} code prior at temperature {temperature:g}"
+
+        def draw() -> torch.Tensor:
+            return model.sample(args.n, temperature=temperature)
+    else:
+        if model.prior is None:
+            raise ValueError(f"model {model.name!r} has no prior to sample from")
+        if args.temperature is not None:
+            raise ValueError("--temperature applies to the code priors of vqvae / vqvae2 runs only")
+        what = "from the prior"
+
+        def draw() -> torch.Tensor:
+            return model.sample(args.n)
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "images" / "samples.png"
-    with torch.random.fork_rng(devices=[]):
+    model.eval()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(args.seed)
-        save_image_grid(model.sample(args.n), out, nrow=args.nrow, scale=2)
-    print(f"wrote {out} ({args.n} decoded prior samples, mean images)")
+        start = time.perf_counter()
+        images = draw()
+        seconds = time.perf_counter() - start
+    save_image_grid(images, out, nrow=args.nrow, scale=2)
+    print(f"wrote {out} ({args.n} samples {what}, decoded to mean images; {args.n / max(seconds, 1e-9):.1f} images/s)")
     return 0
 
 
@@ -276,29 +488,49 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly")
     t.set_defaults(fn=cmd_train)
 
+    tp = sub.add_parser("train-prior", help="train a code prior on a vqvae / vqvae2 run's codes (into RUN_DIR/prior)")
+    tp.add_argument("run_dir", help="a vqvae or vqvae2 run directory")
+    tp.add_argument("--name", choices=["pixelcnn", "pixelsnail", "vqvae2"],
+                    help="code prior (default: pixelcnn for vqvae, vqvae2 (PixelSNAIL top, conditioned PixelCNN "
+                    "bottom) for vqvae2)")
+    tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override, e.g. prior.channels=64, prior.layers=8, prior.top.channels=64 (vqvae2), "
+                    "trainer.epochs=5, trainer.device=cuda")
+    tp.add_argument("--resume", action="store_true", help="continue RUN_DIR/prior exactly (only trainer.* overrides)")
+    tp.set_defaults(fn=cmd_train_prior)
+
     e = sub.add_parser("eval", help="test metrics of a trained run")
     e.add_argument("run_dir")
     e.add_argument("--metrics", help="comma-separated metric names (default: reconstruction, linear_probe, and "
-                   "likelihood, latent_diagnostics for models with a prior); frechet (sample quality) is opt-in")
+                   "likelihood, latent_diagnostics for models with a prior; for vqvae / vqvae2: reconstruction, "
+                   "codebook, and code_likelihood with a code prior); frechet (sample quality) is opt-in")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL (default 1000)")
     e.add_argument("--limit", type=int, default=1000,
                    help="IWAE and ELBO on a seeded random subset of this many test images (0: all; default 1000)")
     e.add_argument("--samples", type=int, default=10000,
                    help="samples (and real test images) of the frechet metric (default 10000)")
+    e.add_argument("--classifier", action="append", default=[], metavar="KEY=VALUE",
+                   help="frechet: the feature classifier's config, e.g. epochs=2, train_limit=5000 (part of its "
+                   "cache key)")
+    e.add_argument("--classifier-dir", help="frechet: classifier cache (default: $AELAB_CLASSIFIER_DIR, else beside "
+                   "the data)")
     e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=cmd_eval)
 
-    f = sub.add_parser("figures", help="write all figures of a run (traversals, KL, manifold, curves)")
+    f = sub.add_parser("figures", help="write all figures of a run (traversals, KL, manifold, curves; VQ runs: "
+                       "reconstructions, samples)")
     f.add_argument("run_dir")
     f.add_argument("--out", help="directory (default: RUN_DIR/figures)")
     f.set_defaults(fn=cmd_figures)
 
-    s = sub.add_parser("sample", help="write a PNG grid of decoded prior samples")
+    s = sub.add_parser("sample", help="write a PNG grid of decoded prior samples (vqvae / vqvae2: of the code prior)")
     s.add_argument("run_dir")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--nrow", type=int, default=8, help="images per row")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=None,
+                   help="vqvae / vqvae2: softmax temperature of the code prior (default 1; below 1 sharper, 0 greedy)")
     s.add_argument("--out", help="PNG path (default: RUN_DIR/images/samples.png)")
     s.set_defaults(fn=cmd_sample)
 
@@ -332,7 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aelab: interrupted; resume with `aelab train --resume RUN_DIR`", file=sys.stderr)
+        how = "aelab train-prior RUN_DIR --resume" if args.command == "train-prior" else "aelab train --resume RUN_DIR"
+        print(f"aelab: interrupted; resume with `{how}`", file=sys.stderr)
         return 130
 
 

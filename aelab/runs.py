@@ -93,3 +93,97 @@ def load_run_config(path: str | Path, require_data: bool = True) -> RunConfig:
         raise ConfigError(f"{path} has no 'data' section (the model was trained on data passed in from Python); "
                           "add one, e.g. \"data\": {\"name\": \"fashion-mnist\"}")
     return RunConfig.from_dict(data, str(path))
+
+
+#: the subdirectory of a VQ run that holds its code prior (``aelab train-prior RUN_DIR``)
+PRIOR_DIR = "prior"
+
+
+@dataclass
+class PriorRunConfig:
+    """A code prior trained on a VQ run's codes, as saved in ``RUN_DIR/prior/config.json``.
+
+    Attributes:
+        prior: a registered code prior (``pixelcnn``, ``pixelsnail``, ``vqvae2``).
+        prior_config: that prior's config; its code-grid fields (``num_codes``, ``grid_shape``)
+            come from the VQ model (see :func:`prior_run_config`).
+        trainer: optimisation and logging settings.
+    """
+
+    prior: str = "pixelcnn"
+    prior_config: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        import aelab.priors.codes  # noqa: F401  (registers the code priors)
+        from aelab.registry import CODE_PRIORS
+
+        spec = CODE_PRIORS.get(self.prior)
+        if self.prior_config is None:
+            self.prior_config = spec.config_cls()
+        elif isinstance(self.prior_config, dict):
+            self.prior_config = from_dict(spec.config_cls, self.prior_config, "prior")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prior": self.prior, "prior_config": to_dict(self.prior_config), "trainer": to_dict(self.trainer)}
+
+    def with_overrides(self, overrides: list[str], trainer_only: bool = False) -> PriorRunConfig:
+        """Apply ``prior.key=value`` and ``trainer.key=value`` overrides (only ``trainer.`` ones if
+        ``trainer_only``: a resumed prior keeps its architecture)."""
+        sections: dict[str, list[str]] = {"prior": [], "trainer": []}
+        for item in overrides:
+            head = item.split(".", 1)[0]
+            if head not in sections or "." not in item.split("=", 1)[0]:
+                raise ConfigError(f"override {item!r} must start with prior. or trainer.")
+            if trainer_only and head == "prior":
+                raise ConfigError(f"override {item!r}: a resumed prior keeps its architecture; only trainer. "
+                                  "overrides apply (e.g. trainer.epochs)")
+            sections[head].append(item.split(".", 1)[1])
+        return PriorRunConfig(prior=self.prior, prior_config=apply_overrides(self.prior_config, sections["prior"]),
+                              trainer=apply_overrides(self.trainer, sections["trainer"]))
+
+
+def default_code_prior(model: Any) -> str:
+    """``pixelcnn`` for a one-level VQ model, ``vqvae2`` (top conditioning the bottom) for two levels."""
+    return "vqvae2" if len(model.code_shapes) == 2 else "pixelcnn"
+
+
+def prior_run_config(model: Any, name: str | None = None, overrides: list[str] = ()) -> PriorRunConfig:
+    """The config of a code prior for VQ model ``model``, sized from its code grids, with overrides.
+
+    ``num_codes`` and ``grid_shape`` (of each level for ``vqvae2``) are set from
+    ``model.num_codes`` and ``model.code_shapes``; overriding them to other values is an error.
+
+    Example:
+        >>> from aelab.models import build_model
+        >>> m = build_model("vqvae", image_shape=(1, 12, 12), num_codes=16, channels=(4, 8))
+        >>> cfg = prior_run_config(m, overrides=["prior.channels=8", "trainer.epochs=2"])
+        >>> cfg.prior, cfg.prior_config.num_codes, cfg.prior_config.grid_shape, cfg.prior_config.channels
+        ('pixelcnn', 16, (3, 3), 8)
+    """
+    name = name or default_code_prior(model)
+    levels = len(model.code_shapes)
+    if (levels == 2) != (name == "vqvae2"):
+        want = "vqvae2" if levels == 2 else "pixelcnn or pixelsnail"
+        raise ConfigError(f"code prior {name!r} does not fit a model with {levels} code grid(s): use {want}")
+    base = PriorRunConfig(prior=name)
+    sized = to_dict(base.prior_config)
+    grids = [{"num_codes": k, "grid_shape": list(s)} for k, s in zip(model.num_codes, model.code_shapes)]
+    if levels == 2:
+        sized["top"] |= grids[0]
+        sized["bottom"] |= grids[1]
+    else:
+        sized |= grids[0]
+    cfg = PriorRunConfig(prior=name, prior_config=sized).with_overrides(list(overrides))
+    levels_cfg = [cfg.prior_config.top, cfg.prior_config.bottom] if levels == 2 else [cfg.prior_config]
+    where = ["prior.top.", "prior.bottom."] if levels == 2 else ["prior."]
+    for c, g, w in zip(levels_cfg, grids, where):
+        if c.num_codes != g["num_codes"] or list(c.grid_shape) != g["grid_shape"]:
+            raise ConfigError(f"{w}num_codes and {w}grid_shape come from the VQ model ({g['num_codes']} codes on a "
+                              f"{tuple(g['grid_shape'])} grid); do not override them")
+        if c.num_classes:
+            raise ConfigError(f"{w}num_classes: class-conditional code priors are not supported from the command "
+                              "line (sampling would need labels)")
+    if levels == 1 and cfg.prior_config.cond_codes:
+        raise ConfigError("prior.cond_codes: a one-level VQ model has no conditioning grid")
+    return cfg

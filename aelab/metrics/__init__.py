@@ -1,6 +1,7 @@
 """Metrics: pure functions on arrays/tensors returning ``dict[str, float]``, and wrappers."""
 
-from aelab.metrics import clustering, disentanglement, sparsity  # noqa: F401  (registration)
+from aelab.metrics import clustering, codebook, disentanglement, sparsity  # noqa: F401  (registration)
+from aelab.metrics.codes import code_likelihood_metric, vq_bits_per_dim
 from aelab.metrics.generative import (
     ClassifierConfig,
     classifier_score,
@@ -25,6 +26,7 @@ __all__ = [
     "active_units",
     "bits_per_dim",
     "classifier_score",
+    "code_likelihood_metric",
     "collect_latent_statistics",
     "elbo",
     "encode_dataset",
@@ -40,4 +42,5 @@ __all__ = [
     "linear_probe_metric",
     "load_or_train_classifier",
     "mutual_information",
+    "vq_bits_per_dim",
 ]
