@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from aelab.config import ConfigError
+from aelab.io import sha256_file
 from aelab.registry import UnknownNameError
 
 
@@ -142,7 +143,7 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir} is a {cfg.model!r} run, which has no discrete codes; train-prior needs a "
                           "vqvae or vqvae2 run")
     prior_dir = run_dir / PRIOR_DIR
-    vq_hash = _sha256(run_dir / WEIGHTS_NAME)
+    vq_hash = sha256_file(run_dir / WEIGHTS_NAME)
     if args.resume:
         if args.name:
             raise ConfigError("--resume continues the saved prior; leave out --name")
@@ -206,16 +207,6 @@ def _is_vq(model) -> bool:
     return getattr(model, "code_shapes", None) is not None
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _attach_code_prior(run_dir: str | Path, model, required: bool):
     """Load ``RUN_DIR/prior`` and attach it to the VQ model; ``None`` (or an error if ``required``) without one."""
     from aelab.config import load_json
@@ -238,7 +229,7 @@ def _attach_code_prior(run_dir: str | Path, model, required: bool):
         raise ConfigError(f"the code prior in {prior_dir} was built for other code grids than the model's "
                           f"({model.num_codes} codes on {model.code_shapes}); retrain it with `aelab train-prior`")
     trained_on = load_json(prior_dir / CONFIG_NAME).get("vq_weights_sha256")
-    if trained_on is not None and trained_on != _sha256(run_dir / WEIGHTS_NAME):
+    if trained_on is not None and trained_on != sha256_file(run_dir / WEIGHTS_NAME):
         print(f"aelab: warning: the code prior in {prior_dir} was trained on the codes of an earlier state of "
               f"{run_dir / WEIGHTS_NAME}; delete {prior_dir} and run `aelab train-prior {run_dir}` again",
               file=sys.stderr)

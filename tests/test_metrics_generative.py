@@ -351,3 +351,15 @@ def test_every_registered_model_that_samples_is_scored_and_the_others_refused(tm
         scored.append(name)
     assert {"vae", "iaf_vae"} <= set(scored) and "ae" in refused
     assert "vqvae" not in MODELS or "vqvae" in scored
+
+
+def test_default_cache_is_the_user_cache_not_the_data_directory(monkeypatch, tmp_path):
+    """The data directory may be read-only (CI reads a shared copy): the cache lives elsewhere."""
+    from aelab.metrics.generative import classifier_cache_dir
+
+    monkeypatch.delenv("AELAB_CLASSIFIER_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert classifier_cache_dir() == tmp_path / "aelab" / "classifiers"
+    monkeypatch.setenv("AELAB_CLASSIFIER_DIR", str(tmp_path / "mine"))
+    assert classifier_cache_dir() == tmp_path / "mine"
+    assert classifier_cache_dir(tmp_path / "arg") == tmp_path / "arg"

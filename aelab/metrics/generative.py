@@ -45,8 +45,8 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
-from aelab.data.base import DataSplits, ImageDataset, default_root, random_subset
-from aelab.io import atomic_write_bytes
+from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.io import atomic_write_bytes, sha256_file
 from aelab.registry import METRICS
 from aelab.training.batches import epoch_order, eval_batches, steps_per_epoch
 
@@ -64,7 +64,7 @@ __all__ = [
     "train_classifier",
 ]
 
-#: environment variable naming the classifier cache (default: ``default_root() / "classifiers"``)
+#: environment variable naming the classifier cache (default: ``~/.cache/aelab/classifiers``)
 CACHE_ENV = "AELAB_CLASSIFIER_DIR"
 _FORMAT = "aelab-feature-classifier"
 _VERSION = 1
@@ -438,19 +438,14 @@ def train_classifier(splits: DataSplits, config: ClassifierConfig | None = None,
 
 def classifier_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where classifiers are cached: ``cache_dir``, else ``$AELAB_CLASSIFIER_DIR``, else
-    ``default_root() / "classifiers"`` (beside the data)."""
+    ``$XDG_CACHE_HOME/aelab/classifiers`` (``~/.cache/aelab/classifiers``). Not beside the data:
+    a data directory may be read-only (a shared copy, as in CI)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else default_root() / "classifiers"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "aelab" / "classifiers"
 
 
 def _load_cached(directory: Path, key: dict[str, Any], config: ClassifierConfig,
@@ -464,7 +459,7 @@ def _load_cached(directory: Path, key: dict[str, Any], config: ClassifierConfig,
         meta = load_json(cfg_path)
         if not isinstance(meta, dict) or {k: meta.get(k) for k in key} != key:
             raise ValueError("it was made for another data set or classifier config")
-        if not weights.is_file() or _sha256(weights) != meta.get("weights_sha256"):
+        if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
             raise ValueError(f"{WEIGHTS_NAME} is missing or does not match its config.json")
         net = FeatureClassifier(shape, int(meta["num_classes"]), config)
         net.load_state_dict(load_file(str(weights)))
@@ -516,7 +511,8 @@ def load_or_train_classifier(splits: DataSplits, config: ClassifierConfig | dict
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     # serialised in memory and written by atomic_write_bytes, which keeps ordinary file permissions
     atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": _FORMAT}))
-    meta = {**key, **summary, "weights_sha256": _sha256(directory / WEIGHTS_NAME), "torch_version": torch.__version__}
+    meta = {**key, **summary, "weights_sha256": sha256_file(directory / WEIGHTS_NAME),
+            "torch_version": torch.__version__}
     save_json(directory / CONFIG_NAME, meta)  # written last: a complete entry has both files
     net.meta = meta  # type: ignore[assignment]
     return net
