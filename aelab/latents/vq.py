@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from aelab.nn.precision import float32_region
+from aelab.nn.precision import float32_region, upcast
 
 
 @dataclass
@@ -188,7 +188,7 @@ class VectorQuantizer(nn.Module):
         """
         if torch.is_autocast_enabled(z_e.device.type):  # nearest codes and EMA statistics in float32
             with float32_region(z_e):
-                return self(z_e.float(), update)
+                return self(upcast(z_e), update)
         update = self.training if update is None else update
         b = z_e.shape[0]
         z = z_e.movedim(1, -1)  # (B, *S, D)

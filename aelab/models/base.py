@@ -23,7 +23,7 @@ from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.nn.backbones import BackboneConfig, build_decoder, build_encoder
-from aelab.nn.precision import float32_region
+from aelab.nn.precision import float32_region, upcast
 from aelab.outputs import LossOutput, ModelOutput
 from aelab.registry import MODELS
 
@@ -204,13 +204,13 @@ class Autoencoder(PretrainedModel):
         """q(z|x) for clean inputs ``(B, C, H, W)``; ``.mean`` gives the codes used as features."""
         h = self.encoder(x)  # the backbone may run in bfloat16 under autocast; the head never does
         with float32_region(h):
-            return self.head(h.float(), step=step, encoding=encoding)
+            return self.head(upcast(h), step=step, encoding=encoding)
 
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) with event shape (C, H, W)."""
         params = self.decoder(z)
         with float32_region(params):
-            return self.likelihood(params.float())
+            return self.likelihood(upcast(params))
 
     def forward(self, x: Tensor, step: int | None = None) -> ModelOutput:
         x_in = self.corruption(x) if self.corruption is not None else x

@@ -31,7 +31,7 @@ from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.losses.terms import AuxLoss, ReconstructionNLL
 from aelab.models.base import PretrainedModel, register_model
-from aelab.nn.precision import float32_region
+from aelab.nn.precision import float32_region, upcast
 from aelab.nn.resnet import ResNetDecoder, ResNetEncoder, conv_sizes
 from aelab.outputs import LossOutput, ModelOutput
 
@@ -191,7 +191,7 @@ class VQAutoencoder(PretrainedModel):
         """p(x|z) for flattened quantised latents ``(B, latent_dim)``, event shape (C, H, W)."""
         params = self._decode_grids(self._split(z))
         with float32_region(params):
-            return self.likelihood(params.float())
+            return self.likelihood(upcast(params))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ backbones (encoder and decoder matrix products and convolutions: nearly all of t
 then run in bfloat16, but everything probabilistic must not: a Bernoulli log-likelihood summed
 over 784 pixels needs more than bfloat16's 8 significant bits, flows need exact log-determinants,
 and a quantizer's nearest-code search must not flip on rounding. Models wrap those parts in
-:func:`float32_region` and cast their inputs with ``.float()`` (free when already float32).
+:func:`float32_region` and cast their inputs with :func:`upcast` (16-bit floats to float32;
+float32 and float64 unchanged).
 """
 
 from __future__ import annotations
@@ -26,3 +27,13 @@ def float32_region(x: Tensor) -> torch.autocast:
         torch.float32
     """
     return torch.autocast(x.device.type, enabled=False)
+
+
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a 16-bit float type (autocast output), else unchanged (float64 stays).
+
+    Example:
+        >>> upcast(torch.ones(2, dtype=torch.bfloat16)).dtype, upcast(torch.ones(2, dtype=torch.float64)).dtype
+        (torch.float32, torch.float64)
+    """
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
