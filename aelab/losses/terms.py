@@ -196,12 +196,12 @@ def imq_mmd_per_dimension(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.1
     dxx = (x[:, None] - x[None]).pow(2)  # (B, B, D)
     dyy = (y[:, None] - y[None]).pow(2)
     dxy = (x[:, None] - y[None]).pow(2)
-    off = (1.0 - torch.eye(b, dtype=x.dtype, device=x.device))[..., None]
     total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     for s in scales:
         c = 2.0 * s
-        kxx = (c / (c + dxx) * off).sum((0, 1)) / (b * (b - 1))
-        kyy = (c / (c + dyy) * off).sum((0, 1)) / (b * (b - 1))
+        # the diagonal (i = j, distance 0) adds exactly b * k(0) = b: subtracted instead of masked
+        kxx = ((c / (c + dxx)).sum((0, 1)) - b) / (b * (b - 1))
+        kyy = ((c / (c + dyy)).sum((0, 1)) - b) / (b * (b - 1))
         kxy = (c / (c + dxy)).sum((0, 1)) / (b * b)
         total = total + kxx + kyy - 2.0 * kxy
     return total
