@@ -466,10 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aelab", description="Train, evaluate and look at autoencoders.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
+    # --threads is accepted before or after the command ("aelab train ... --threads 2" works too)
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
 
-    sub.add_parser("list", help="registered models, data sets and metrics").set_defaults(fn=cmd_list)
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[threads], **kw)
 
-    t = sub.add_parser("train", help="train a model (or --resume a run)")
+
+    command("list", help="registered models, data sets and metrics").set_defaults(fn=cmd_list)
+
+    t = command("train", help="train a model (or --resume a run)")
     t.add_argument("model", nargs="?", help="registered model name (see `aelab list`)")
     t.add_argument("--data", help="registered data set name")
     t.add_argument("--config", help="a run config JSON (e.g. configs/quickstart.json)")
@@ -479,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly")
     t.set_defaults(fn=cmd_train)
 
-    tp = sub.add_parser("train-prior", help="train a code prior on a vqvae / vqvae2 run's codes (into RUN_DIR/prior)")
+    tp = command("train-prior", help="train a code prior on a vqvae / vqvae2 run's codes (into RUN_DIR/prior)")
     tp.add_argument("run_dir", help="a vqvae or vqvae2 run directory")
     tp.add_argument("--name", choices=["pixelcnn", "pixelsnail", "vqvae2"],
                     help="code prior (default: pixelcnn for vqvae, vqvae2 (PixelSNAIL top, conditioned PixelCNN "
@@ -490,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--resume", action="store_true", help="continue RUN_DIR/prior exactly (only trainer.* overrides)")
     tp.set_defaults(fn=cmd_train_prior)
 
-    e = sub.add_parser("eval", help="test metrics of a trained run")
+    e = command("eval", help="test metrics of a trained run")
     e.add_argument("run_dir")
     e.add_argument("--metrics", help="comma-separated metric names (default: reconstruction, linear_probe, and "
                    "likelihood, latent_diagnostics for models with a prior; for vqvae / vqvae2: reconstruction, "
@@ -509,13 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=cmd_eval)
 
-    f = sub.add_parser("figures", help="write all figures of a run (traversals, KL, manifold, curves; VQ runs: "
+    f = command("figures", help="write all figures of a run (traversals, KL, manifold, curves; VQ runs: "
                        "reconstructions, samples)")
     f.add_argument("run_dir")
     f.add_argument("--out", help="directory (default: RUN_DIR/figures)")
     f.set_defaults(fn=cmd_figures)
 
-    s = sub.add_parser("sample", help="write a PNG grid of decoded prior samples (vqvae / vqvae2: of the code prior)")
+    s = command("sample", help="write a PNG grid of decoded prior samples (vqvae / vqvae2: of the code prior)")
     s.add_argument("run_dir")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--nrow", type=int, default=8, help="images per row")
@@ -525,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default: RUN_DIR/images/samples.png)")
     s.set_defaults(fn=cmd_sample)
 
-    v = sub.add_parser("traverse", help="write latent traversals of one test image")
+    v = command("traverse", help="write latent traversals of one test image")
     v.add_argument("run_dir")
     v.add_argument("--index", type=int, default=0, help="test image index")
     v.add_argument("--dims", help="comma-separated dimensions (default: the --n-dims with the largest KL)")
@@ -535,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="PNG path (default: RUN_DIR/figures/traversal_INDEX.png)")
     v.set_defaults(fn=cmd_traverse)
 
-    r = sub.add_parser("reconstruct", help="write a PNG grid of inputs and reconstructions")
+    r = command("reconstruct", help="write a PNG grid of inputs and reconstructions")
     r.add_argument("run_dir")
     r.add_argument("--n", type=int, default=32)
     r.add_argument("--split", choices=["test", "train"], default="test")

@@ -111,3 +111,12 @@ def test_errors_are_clear(args, message, tmp_path):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_threads_before_or_after_the_command_and_python_dash_m():
+    import subprocess
+    import sys
+
+    for argv in (["--threads", "1", "list"], ["list", "--threads", "1"]):
+        out = subprocess.run([sys.executable, "-m", "aelab", *argv], capture_output=True, text=True, check=True)
+        assert "models:" in out.stdout and "vqvae" in out.stdout
