@@ -216,3 +216,22 @@ def default_config(config_cls: type[C], overrides: dict[str, Any] | None = None,
             data[k] = v
     return from_dict(config_cls, data, where)
 
+
+def resolve_config(config_cls: type[C], cfg: Any, overrides: dict[str, Any], where: str, what: str) -> C:
+    """A registered component's config: ``cfg`` (``None``: the defaults) updated with ``overrides``.
+
+    Args:
+        config_cls: the component's config dataclass.
+        cfg: a config instance, or ``None`` for :func:`default_config` with nested ``overrides``.
+        overrides: top-level fields replacing those of ``cfg``.
+        where: the config section, for error messages (``model``, ``prior``).
+        what: the component, for the type error (``model 'vae'``).
+    """
+    if cfg is None:
+        cfg = default_config(config_cls, overrides, where)
+    elif overrides:
+        cfg = from_dict(config_cls, {**to_dict(cfg), **overrides}, where)
+    if not isinstance(cfg, config_cls):
+        raise ConfigError(f"{what} expects a {config_cls.__name__}, got {type(cfg).__name__}")
+    return cfg
+

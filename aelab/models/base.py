@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aelab.config import ConfigError, default_config, from_dict, load_json, save_json, to_dict
+from aelab.config import ConfigError, default_config, from_dict, load_json, resolve_config, save_json, to_dict
 from aelab.io import atomic_path
 from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
@@ -80,12 +80,7 @@ def build_model(name: str, cfg: Any = None, **overrides: Any) -> PretrainedModel
         8
     """
     spec: ModelSpec = MODELS.get(name)
-    if cfg is None:
-        cfg = model_config(name, overrides)
-    elif overrides:
-        cfg = from_dict(spec.config_cls, {**to_dict(cfg), **overrides}, "model")
-    if not isinstance(cfg, spec.config_cls):
-        raise ConfigError(f"model {name!r} expects a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    cfg = resolve_config(spec.config_cls, cfg, overrides, "model", f"model {name!r}")
     model = spec.build(cfg)
     model.name, model.config = name, cfg
     return model

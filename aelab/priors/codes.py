@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent
 from torch.nn import functional as F
 
-from aelab.config import ConfigError, default_config, from_dict, load_json, to_dict
+from aelab.config import default_config, from_dict, load_json, resolve_config
 from aelab.data.base import ImageDataset
 from aelab.models.base import CONFIG_NAME, load_weights, read_saved_config, save_module
 from aelab.nn.attention import PixelSNAIL
@@ -217,12 +217,7 @@ def build_code_prior(name: str, cfg: Any = None, **overrides: Any) -> CodePrior 
         'pixelsnail'
     """
     spec: CodePriorSpec = CODE_PRIORS.get(name)
-    if cfg is None:
-        cfg = code_prior_config(name, overrides)
-    elif overrides:
-        cfg = from_dict(spec.config_cls, {**to_dict(cfg), **overrides}, "prior")
-    if not isinstance(cfg, spec.config_cls):
-        raise ConfigError(f"code prior {name!r} expects a {spec.config_cls.__name__}, got {type(cfg).__name__}")
+    cfg = resolve_config(spec.config_cls, cfg, overrides, "prior", f"code prior {name!r}")
     prior = spec.build(cfg)
     prior.name = name
     return prior
