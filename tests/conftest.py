@@ -76,3 +76,22 @@ def tiny_batch() -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
+
+
+class InterruptedRunError(Exception):
+    """Raised in place of the training step a run is killed at."""
+
+
+def fit_until_interrupted(trainer, stop_at: int) -> None:
+    """Run ``trainer.fit()`` and kill it just before optimizer step ``stop_at`` (as a crash
+    would: nothing of that step is written), for resume tests."""
+    step = trainer._train_step
+
+    def dying_step(x):
+        if trainer.step == stop_at:
+            raise InterruptedRunError
+        return step(x)
+
+    trainer._train_step = dying_step
+    with pytest.raises(InterruptedRunError):
+        trainer.fit()

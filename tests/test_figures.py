@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import fit_until_interrupted
 from PIL import Image
 
 from aelab.cli import main
@@ -113,10 +114,6 @@ def _cfg(**kw) -> TrainerConfig:
     return TrainerConfig(**(base | kw))
 
 
-class _StopError(Exception):
-    pass
-
-
 def test_trainer_writes_diagnostics_and_pictures_and_resumes_exactly(tmp_path):
     train, test = _data(64), _data(40, seed=1)
     full = Trainer(_vae(2), train, test, _cfg(), run_dir=tmp_path / "a")
@@ -130,16 +127,7 @@ def test_trainer_writes_diagnostics_and_pictures_and_resumes_exactly(tmp_path):
 
     # interrupted mid-epoch 2 and resumed: the same weights and the same metrics log
     first = Trainer(_vae(2), train, test, _cfg(), run_dir=tmp_path / "b")
-    step = first._train_step
-
-    def dying_step(x):
-        if first.step == 6:
-            raise _StopError
-        return step(x)
-
-    first._train_step = dying_step
-    with pytest.raises(_StopError):
-        first.fit()
+    fit_until_interrupted(first, 6)
     resumed = Trainer(_vae(2), train, test, _cfg(), run_dir=tmp_path / "b")
     resumed.fit(resume=True)
     for k, v in full.model.state_dict().items():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import fit_until_interrupted, tiny_overrides
 from safetensors.torch import load_file
 
 from aelab.data.base import DataConfig, TensorImageDataset, load_data
@@ -33,10 +33,6 @@ def _model(name: str, seed: int) -> Autoencoder:
     return build_model(name, **tiny_overrides(name))
 
 
-class _InterruptError(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["ae", "dae", "ksparse_ae", "sparse_ae", "cae"])
 @pytest.mark.parametrize("stop_at", [5, 6, 13])  # mid-epoch (after a checkpoint or not) and across an epoch end
 def test_resume_is_bit_identical(name, stop_at, tmp_path):
@@ -45,16 +41,7 @@ def test_resume_is_bit_identical(name, stop_at, tmp_path):
     full.fit()
 
     first = Trainer(_model(name, 0), data, test, _cfg(), run_dir=tmp_path / "b")
-    step = first._train_step
-
-    def dying_step(x):
-        if first.step == stop_at:
-            raise _InterruptError
-        return step(x)
-
-    first._train_step = dying_step
-    with pytest.raises(_InterruptError):
-        first.fit()
+    fit_until_interrupted(first, stop_at)
     # a fresh process would rebuild the model with any initialisation: resume must overwrite it
     resumed = Trainer(_model(name, 99), data, test, _cfg(), run_dir=tmp_path / "b")
     resumed.fit(resume=True)
@@ -188,10 +175,7 @@ def test_bf16_training_learns_and_resumes_bit_identically(tmp_path):
     fp32 = Trainer(_model("vae", 0), data, test, _cfg(), run_dir=tmp_path / "c")
     fp32.fit()
     first = Trainer(_model("vae", 0), data, test, cfg, run_dir=tmp_path / "b")
-    step = first._train_step
-    first._train_step = lambda x: (_ for _ in ()).throw(_InterruptError) if first.step == 7 else step(x)
-    with pytest.raises(_InterruptError):
-        first.fit()
+    fit_until_interrupted(first, 7)
     resumed = Trainer(_model("vae", 99), data, test, cfg, run_dir=tmp_path / "b")
     resumed.fit(resume=True)
     a, b, c = full.model.state_dict(), resumed.model.state_dict(), fp32.model.state_dict()
