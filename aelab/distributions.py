@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Normal, constraints, register_kl
 
 
 class PointMass(Distribution):
@@ -110,3 +110,45 @@ class DiscretizedLogistic(Distribution):
             u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
             x = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * (torch.log(u) - torch.log1p(-u))
             return (x.clamp(0.0, 1.0) * self.bins).round() / self.bins
+
+
+class DiagonalNormal(Normal):
+    """``Normal(loc, scale)`` that also keeps ``log_scale``, for Gaussian latent heads.
+
+    The same distribution as torch's ``Normal`` (every method is inherited); knowing
+    ``log sigma`` lets the KL to a :class:`UnitNormal` skip a log, and the constructor skips
+    ``Normal``'s argument broadcasting (a head's ``loc``, ``scale`` and ``log_scale`` already
+    share a shape). Such per-call savings are a measurable share of a small model's step.
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor, log_scale: Tensor, validate_args: bool | None = False) -> None:
+        if not (loc.shape == scale.shape == log_scale.shape):
+            raise ValueError(f"loc, scale and log_scale must share a shape; got {tuple(loc.shape)}, "
+                             f"{tuple(scale.shape)}, {tuple(log_scale.shape)}")
+        self.loc, self.scale, self.log_scale = loc, scale, log_scale
+        Distribution.__init__(self, loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> DiagonalNormal:
+        shape = torch.Size(batch_shape)
+        return DiagonalNormal(self.loc.expand(shape), self.scale.expand(shape), self.log_scale.expand(shape))
+
+
+class UnitNormal(Normal):
+    """A ``Normal`` whose ``loc`` is all zeros and ``scale`` all ones (the caller's promise), so
+    that the KL to it has its short form. Built by the ``standard_normal`` prior from its buffers."""
+
+
+def _kl_to_unit(q: Normal, p: UnitNormal, log_scale: Tensor) -> Tensor:
+    # KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - 1) / 2 - log s
+    kl = 0.5 * torch.addcmul(q.scale * q.scale, q.loc, q.loc).sub_(1.0) - log_scale
+    return kl if p.loc.shape == kl.shape else kl.expand(torch.broadcast_shapes(kl.shape, p.loc.shape))
+
+
+@register_kl(Normal, UnitNormal)
+def _kl_normal_unit(q: Normal, p: UnitNormal) -> Tensor:
+    return _kl_to_unit(q, p, q.scale.log())
+
+
+@register_kl(DiagonalNormal, UnitNormal)
+def _kl_diagonal_unit(q: DiagonalNormal, p: UnitNormal) -> Tensor:
+    return _kl_to_unit(q, p, q.log_scale)

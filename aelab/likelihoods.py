@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Laplace, Normal
+from torch.nn import functional as F
 
 from aelab.distributions import DiscretizedLogistic
 from aelab.registry import LIKELIHOODS
@@ -54,7 +55,23 @@ class BernoulliLikelihood(Likelihood):
     """
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params, validate_args=False), 3)
+        return BernoulliImage(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
+
+
+class BernoulliImage(Independent):
+    """``Independent(Bernoulli(logits), n)`` whose ``log_prob`` is one fused cross-entropy.
+
+    The same distribution as torch's; ``log_prob`` skips ``Bernoulli.log_prob``'s broadcasting and
+    its negation of every pixel (a few microseconds a call, a measurable share of a small model's
+    step). Values of another shape than the logits take torch's general path.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        logits = self.base_dist.logits
+        if value.shape != logits.shape:
+            return super().log_prob(value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.sum(dim=tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
 
 class _LocationScaleLikelihood(Likelihood):

@@ -1,7 +1,8 @@
 """Benchmark: aelab's VAE against pythae 0.1.2's, trained side by side in one run.
 
 Both sides train the same network (MLP 784-512-16 with ReLU, a diagonal Gaussian q(z|x), a
-standard normal prior, Bernoulli likelihood on [0, 1] pixels) on Fashion-MNIST with Adam 1e-3
+standard normal prior, Bernoulli likelihood on [0, 1] pixels; the encoder's scale output is a
+log-variance on both sides, ``model.posterior_scale=log_var`` in aelab) on Fashion-MNIST with Adam 1e-3
 (constant, betas 0.9/0.999, no weight decay), batch 100, for ``--epochs`` epochs on ``--threads``
 threads, and the same seed for initialisation and data order (each library uses it in its own
 way). Each library runs with its own defaults otherwise: aelab's Trainer uses PyTorch's fused Adam
@@ -35,7 +36,7 @@ excluded on both sides):
 
 Likelihood (one estimator for both sides): pythae's trained weights come back as plain arrays
 and are loaded into an aelab VAE of the same architecture (pythae's separate mean and
-log-variance layers become aelab's one head, with log sigma = log_var / 2; its sigmoid output
+log-variance layers become aelab's one head, read as a log-variance; its sigmoid output
 becomes aelab's Bernoulli logits). The script checks that the rebuilt model reproduces pythae's
 encoder and decoder outputs. Then aelab's estimators score both models on the same test images
 with the same random numbers:
@@ -83,7 +84,9 @@ HERE = Path(__file__).resolve().parent
 SHARED_DATA = HERE.parents[1] / "shared" / "data"
 PYTHAE = "pythae==0.1.2"
 RESULT = HERE / "results" / "vae_vs_pythae.json"
-MODEL = {"image_shape": (1, 28, 28), "latent_dim": 16, "backbone": {"kind": "mlp", "hidden": (512,)}}
+# pythae's encoder outputs the log-variance; aelab's head is told to read its output the same way
+MODEL = {"image_shape": (1, 28, 28), "latent_dim": 16, "backbone": {"kind": "mlp", "hidden": (512,)},
+         "posterior_scale": "log_var"}
 BATCH_SIZE, LR = 100, 1e-3
 
 
@@ -147,9 +150,9 @@ def aelab_from_pythae(weights: dict[str, np.ndarray]) -> Autoencoder:
     model = build_model("vae", **MODEL)
     model.load_state_dict({
         "encoder.net.0.weight": w["encoder.net.0.weight"], "encoder.net.0.bias": w["encoder.net.0.bias"],
-        # one head: [mu; log sigma] with log sigma = log_var / 2
-        "head.linear.weight": torch.cat([w["encoder.embedding.weight"], 0.5 * w["encoder.log_var.weight"]]),
-        "head.linear.bias": torch.cat([w["encoder.embedding.bias"], 0.5 * w["encoder.log_var.bias"]]),
+        # one head: [mu; log_var] (the model reads its second half as a log-variance)
+        "head.linear.weight": torch.cat([w["encoder.embedding.weight"], w["encoder.log_var.weight"]]),
+        "head.linear.bias": torch.cat([w["encoder.embedding.bias"], w["encoder.log_var.bias"]]),
         # pythae's decoder ends in a sigmoid; its pre-activation is the Bernoulli logits
         "decoder.net.0.weight": w["decoder.net.0.weight"], "decoder.net.0.bias": w["decoder.net.0.bias"],
         "decoder.net.2.weight": w["decoder.net.2.weight"], "decoder.net.2.bias": w["decoder.net.2.bias"],

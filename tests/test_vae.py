@@ -106,3 +106,94 @@ def test_vae_sampling_decodes_prior_samples():
     model = build_model("vae", image_shape=(3, 9, 7), latent_dim=4)
     x = model.sample(5)
     assert x.shape == (5, 3, 9, 7) and x.min() >= 0 and x.max() <= 1
+
+
+# --- the parts on the VAE's hot path: same mathematics as torch's general versions ------------
+def test_posterior_scale_parameterisations():
+    from aelab.latents.heads import DiagonalGaussianHead, diagonal_normal
+
+    mu, raw = torch.randn(4, 3), torch.tensor([[-30.0, 0.5, 30.0]]).expand(4, 3).clone().requires_grad_()
+    q = diagonal_normal(mu, raw, "log_sigma")
+    torch.testing.assert_close(q.base_dist.scale[0], torch.tensor([-10.0, 0.5, 10.0]).exp())
+    q = diagonal_normal(mu, raw, "log_var")
+    torch.testing.assert_close(q.base_dist.scale[0], torch.tensor([-10.0, 0.25, 10.0]).exp())
+    q.base_dist.scale.sum().backward()  # the guard passes no gradient where it binds
+    assert raw.grad[0, 0] == 0 and raw.grad[0, 2] == 0 and raw.grad[0, 1] > 0
+    with pytest.raises(ValueError, match="log_sigma, log_var.*'softplus'"):
+        diagonal_normal(mu, raw, "softplus")
+    head = DiagonalGaussianHead(5, 3, scale="log_var")
+    h = torch.randn(2, 5)
+    out = head.linear(h)
+    torch.testing.assert_close(head(h).base_dist.scale, (out[:, 3:] / 2).exp())
+    with pytest.raises(Exception, match="model.posterior_scale: expected one of log_sigma, log_var"):
+        build_model("vae", posterior_scale="std")
+
+
+def test_bernoulli_image_log_prob_is_torchs():
+    from torch.distributions import Bernoulli
+
+    from aelab.likelihoods import BernoulliImage
+
+    logits = torch.randn(6, 1, 4, 4, dtype=torch.float64) * 4
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)  # soft targets, as grey images are scored
+    mine = BernoulliImage(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
+    ref = Independent(Bernoulli(logits=logits, validate_args=False), 3)
+    torch.testing.assert_close(mine.log_prob(x), ref.log_prob(x))
+    xb = x[:1].expand(2, 6, 1, 4, 4)  # a value of another shape broadcasts like torch's
+    torch.testing.assert_close(mine.log_prob(xb), ref.log_prob(xb))
+    assert mine.log_prob(x).shape == (6,) and torch.equal(mine.mean, ref.mean)
+
+
+def test_objective_weights_and_switched_off_terms():
+    from aelab.losses.objective import Objective
+
+    x = torch.zeros(3, 1, 2, 2)
+    out = ModelOutput(x=x, x_in=x, z=torch.zeros(3, 2), qz_x=None, px_z=None)
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5, 2.0])
+    obj = Objective({"a": (lambda o, m: a, 1.0), "b": (lambda o, m: b, 2.0)})
+    res = obj(out, None)
+    torch.testing.assert_close(res.per_example, a + 2 * b)
+    torch.testing.assert_close(res.loss, (a + 2 * b).mean())
+    off = Objective({"a": (lambda o, m: a, 0.0)})(out, None)  # every term off: a zero loss, no terms
+    assert off.loss.item() == 0.0 and off.per_example.shape == (3,) and off.terms == {}
+
+
+def test_float32_region_is_free_outside_autocast():
+    from contextlib import nullcontext
+
+    from aelab.nn.precision import float32_region
+
+    x = torch.randn(2, 2)
+    assert isinstance(float32_region(x), nullcontext)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with float32_region(x):
+            assert (x @ x).dtype == torch.float32
+        assert (x @ x).dtype == torch.bfloat16
+
+
+def test_short_kl_to_the_unit_normal_equals_torchs_general_formula():
+    from torch.distributions import kl_divergence
+
+    from aelab.distributions import DiagonalNormal, UnitNormal
+    from aelab.latents.heads import diagonal_normal
+    from aelab.priors.base import StandardNormal
+
+    gen = torch.Generator().manual_seed(0)
+    mu, raw = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    q = diagonal_normal(mu, raw, "log_var")
+    assert isinstance(q.base_dist, DiagonalNormal)
+    pz = StandardNormal(4).double()()
+    assert isinstance(pz.base_dist, UnitNormal)
+    general = kl_divergence(Independent(Normal(mu, q.base_dist.scale), 1), Independent(Normal(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)), 1))
+    torch.testing.assert_close(kl_divergence(q, pz), general)
+    # a plain Normal posterior takes the same short form (with its log); batch shapes broadcast
+    torch.testing.assert_close(kl_divergence(Normal(mu, q.base_dist.scale), UnitNormal(torch.zeros(3, 5, 4), torch.ones(3, 5, 4))),
+                               kl_divergence(Normal(mu, q.base_dist.scale), Normal(0.0, 1.0)).expand(3, 5, 4).to(torch.float32),
+                               check_dtype=False)
+    # and the Monte-Carlo estimate agrees
+    z = q.sample((200_000,))
+    mc = (q.log_prob(z) - pz.log_prob(z)).mean(0)
+    torch.testing.assert_close(mc, kl_divergence(q, pz), atol=0.02, rtol=0.02)
+    # expand keeps the log-scale
+    e = q.base_dist.expand((2, 5, 4))
+    assert isinstance(e, DiagonalNormal) and e.log_scale.shape == (2, 5, 4)

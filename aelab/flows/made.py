@@ -17,12 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from aelab.nn.linear import Linear, linear
+
 #: output weights start this much smaller than PyTorch's default init, so a flow step starts
 #: near the identity (Kingma et al. 2016, sec. 4) while every parameter still gets a gradient
 OUTPUT_INIT_SCALE = 1e-2
 
 
-class MaskedLinear(nn.Linear):
+class MaskedLinear(Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``.
 
     The mask is a non-persistent buffer: it is rebuilt from the layer sizes, never saved.
@@ -40,7 +42,7 @@ class MaskedLinear(nn.Linear):
         self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return linear(x, self.weight * self.mask, self.bias)
 
 
 def hidden_degrees(features: int, hidden: int, with_context: bool) -> Tensor:
@@ -90,7 +92,7 @@ class MADE(nn.Module):
         d_hid = hidden_degrees(features, hidden, context > 0)
         d_out = torch.cat([d_in, d_in])  # shift and scale for each input
         self.input = MaskedLinear(features, hidden, (d_hid[:, None] >= d_in[None, :]).float())
-        self.context = nn.Linear(context, hidden, bias=False) if context else None
+        self.context = Linear(context, hidden, bias=False) if context else None
         self.blocks = nn.ModuleList(
             MaskedLinear(hidden, hidden, (d_hid[:, None] >= d_hid[None, :]).float()) for _ in range(depth - 1)
         )

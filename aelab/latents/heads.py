@@ -11,11 +11,13 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent
+from torch.nn import functional as F
 
-from aelab.distributions import PointMass
+from aelab.distributions import DiagonalNormal, PointMass
 from aelab.losses.schedules import Schedule, constant
 from aelab.nn.backbones import ACTIVATIONS
+from aelab.nn.linear import Linear
 
 
 class LatentHead(nn.Module):
@@ -40,7 +42,7 @@ class DeterministicHead(LatentHead):
     def __init__(self, in_features: int, latent_dim: int, activation: str | None = None) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.linear = nn.Linear(in_features, latent_dim)
+        self.linear = Linear(in_features, latent_dim)
         self.activation = ACTIVATIONS.get(activation)() if activation else nn.Identity()
 
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
@@ -74,7 +76,7 @@ class TopKHead(LatentHead):
     def __init__(self, in_features: int, latent_dim: int, k: Schedule | int, alpha: float = 1.0) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.linear = nn.Linear(in_features, latent_dim)
+        self.linear = Linear(in_features, latent_dim)
         self.k = constant(k) if isinstance(k, int) else k
         self.alpha = alpha
 
@@ -86,21 +88,47 @@ class TopKHead(LatentHead):
         return PointMass(top_k_mask(self.linear(h), self.k_at(step, encoding)))
 
 
+SCALE_PARAMS = ("log_sigma", "log_var")
+
+
+def diagonal_normal(mu: Tensor, raw: Tensor, scale: str = "log_sigma") -> Independent:
+    """``N(mu, diag sigma^2)`` with the scale read from the head's raw output ``raw``.
+
+    ``scale="log_sigma"``: ``sigma = exp(raw)``; ``"log_var"``: ``sigma = exp(raw / 2)`` (the
+    parameterisation of Kingma & Welling's code, pythae and most VAE code bases). The two give
+    the same family but not the same training: Adam moves the raw output at the same rate in
+    both, i.e. log sigma twice as fast under ``log_sigma``. ``log sigma`` is clamped to
+    [-10, 10], a guard against the overflow that turns a bad step into NaN; it never binds in
+    healthy training. The clamp is ``hardtanh``, whose backward is one fused kernel, rather than
+    ``clamp``, whose backward builds its mask from four separate operations (same values and
+    the same gradient, except exactly at the bounds).
+    """
+    if scale == "log_sigma":
+        log_sigma = F.hardtanh(raw, -10.0, 10.0)
+    elif scale == "log_var":
+        log_sigma = 0.5 * F.hardtanh(raw, -20.0, 20.0)
+    else:
+        raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
+    return Independent(DiagonalNormal(mu, log_sigma.exp(), log_sigma), 1)
+
+
 class DiagonalGaussianHead(LatentHead):
     """q(z|x) = N(mu(x), diag sigma(x)^2), reparameterised (``rsample``).
 
-    The scale is ``exp(log_sigma)`` with ``log_sigma`` clamped to [-10, 10] (a guard against the
-    overflow that turns a bad step into NaN; it never binds in healthy training).
+    One linear layer gives ``[mu; raw]``; ``scale`` says how ``raw`` parameterises sigma
+    (``log_sigma`` or ``log_var``, see :func:`diagonal_normal`; log sigma clamped to [-10, 10]).
 
     References:
         Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     """
 
-    def __init__(self, in_features: int, latent_dim: int) -> None:
+    def __init__(self, in_features: int, latent_dim: int, scale: str = "log_sigma") -> None:
         super().__init__()
-        self.latent_dim = latent_dim
-        self.linear = nn.Linear(in_features, 2 * latent_dim)
+        if scale not in SCALE_PARAMS:
+            raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
+        self.latent_dim, self.scale = latent_dim, scale
+        self.linear = Linear(in_features, 2 * latent_dim)
 
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
-        mu, log_sigma = self.linear(h).chunk(2, dim=-1)
-        return Independent(Normal(mu, log_sigma.clamp(-10.0, 10.0).exp(), validate_args=False), 1)
+        mu, raw = self.linear(h).chunk(2, dim=-1)
+        return diagonal_normal(mu, raw, self.scale)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
 
 from aelab.flows.made import MADE
 from aelab.flows.transforms import FlowDistribution, IAFTransform, stack_flow
-from aelab.latents.heads import LatentHead
+from aelab.latents.heads import SCALE_PARAMS, LatentHead, diagonal_normal
+from aelab.nn.linear import Linear
 
 
 class IAFHead(LatentHead):
@@ -41,17 +41,20 @@ class IAFHead(LatentHead):
     """
 
     def __init__(self, in_features: int, latent_dim: int, flows: int = 2, hidden: int = 64,
-                 context: int = 16) -> None:
+                 context: int = 16, scale: str = "log_sigma") -> None:
         super().__init__()
+        if scale not in SCALE_PARAMS:
+            raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
+        self.scale = scale
         if flows < 0:
             raise ValueError(f"flows must be >= 0, got {flows}")
         self.latent_dim, self.context_dim = latent_dim, context
-        self.linear = nn.Linear(in_features, 2 * latent_dim + context)
+        self.linear = Linear(in_features, 2 * latent_dim + context)
         self.flows = nn.ModuleList(MADE(latent_dim, hidden, context=context) for _ in range(flows))
 
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> FlowDistribution:
         d = self.latent_dim
         mu, log_sigma, ctx = self.linear(h).split([d, d, self.context_dim], dim=-1)
         # same guard as DiagonalGaussianHead: a bad step must not overflow exp into NaN
-        base = Independent(Normal(mu, log_sigma.clamp(-10.0, 10.0).exp(), validate_args=False), 1)
+        base = diagonal_normal(mu, log_sigma, self.scale)
         return FlowDistribution(base, stack_flow(self.flows, IAFTransform, ctx if self.context_dim else None))

@@ -47,7 +47,7 @@ class Objective:
         return {name: w(step) for name, (_, w) in self.terms.items()}
 
     def __call__(self, out: ModelOutput, model: nn.Module, step: int | None = None) -> LossOutput:
-        per_example = torch.zeros(out.x.shape[0], device=out.x.device, dtype=out.x.dtype)
+        per_example: Tensor | None = None
         logs: dict[str, Tensor] = {}
         training = torch.is_grad_enabled()
         for name, (term, weight) in self.terms.items():
@@ -57,5 +57,8 @@ class Objective:
             value = term(out, model)
             logs[name] = value.detach().mean()
             if w != 0.0:
-                per_example = per_example + w * value
+                weighted = value if w == 1.0 else w * value
+                per_example = weighted if per_example is None else per_example + weighted
+        if per_example is None:  # every term switched off at this step
+            per_example = torch.zeros(out.x.shape[0], device=out.x.device, dtype=out.x.dtype)
         return LossOutput(loss=per_example.mean(), terms=logs, per_example=per_example.detach())

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.io import atomic_write_bytes, sha256_file
+from aelab.nn.linear import Linear
 from aelab.registry import METRICS
 from aelab.training.batches import epoch_order, eval_batches, steps_per_epoch
 
@@ -254,8 +255,8 @@ class FeatureClassifier(nn.Module):
             h, w, c = -(-h // sh), -(-w // sw), ch
         layers.append(nn.AdaptiveAvgPool2d(config.pool))
         self.conv = nn.Sequential(*layers)
-        self.feature = nn.Sequential(nn.Flatten(), nn.Linear(c * config.pool**2, config.feature_dim), nn.ReLU())
-        self.head = nn.Linear(config.feature_dim, num_classes)
+        self.feature = nn.Sequential(nn.Flatten(), Linear(c * config.pool**2, config.feature_dim), nn.ReLU())
+        self.head = Linear(config.feature_dim, num_classes)
         self.register_buffer("input_mean", torch.zeros(image_shape[0]))
         self.register_buffer("input_std", torch.ones(image_shape[0]))
 

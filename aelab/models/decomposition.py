@@ -42,5 +42,6 @@ def decomposition_vae(cfg: DecompositionConfig) -> Autoencoder:
         Autoencoders", ICML 2019.
     """
     divergence = AggregatePosteriorDivergence(cfg.divergence, cfg.mmd_scales)
-    return variational_autoencoder(cfg, partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim),
+    return variational_autoencoder(cfg, partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim,
+                                                              scale=cfg.posterior_scale),
                                    {"divergence": (divergence, parse_schedule(cfg.alpha))})

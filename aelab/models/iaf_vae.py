@@ -55,4 +55,5 @@ def iaf_vae(cfg: IAFVAEConfig) -> Autoencoder:
     """
     # no analytic KL exists for a flow posterior: the recipe's KL falls back to log q(z) - log p(z)
     return variational_autoencoder(cfg, partial(IAFHead, latent_dim=cfg.latent_dim, flows=cfg.flows,
-                                                hidden=cfg.flow_hidden, context=cfg.context_dim))
+                                                hidden=cfg.flow_hidden, context=cfg.context_dim,
+                                                scale=cfg.posterior_scale))

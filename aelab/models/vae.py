@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from aelab.latents.heads import DiagonalGaussianHead, LatentHead
+from aelab.config import ConfigError
+from aelab.latents.heads import SCALE_PARAMS, DiagonalGaussianHead, LatentHead
 from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import KLDivergence, ReconstructionNLL
 from aelab.models.base import AEConfig, Autoencoder, build_autoencoder, register_model
@@ -23,6 +24,9 @@ class VAEConfig(AEConfig):
     free_bits: free-bits threshold lambda in nats (0: off).
     free_bits_mode: ``dim`` (per latent dimension) or ``total``.
     prior: p(z).
+    posterior_scale: how the encoder's head parameterises the posterior scale: ``log_sigma``
+        (sigma = exp(output)) or ``log_var`` (sigma = exp(output / 2), as in Kingma & Welling's
+        code and pythae); same family, different training dynamics under Adam.
     """
 
     latent_dim: int = 16
@@ -31,9 +35,13 @@ class VAEConfig(AEConfig):
     free_bits: float = 0.0
     free_bits_mode: str = "dim"
     prior: PriorConfig = field(default_factory=PriorConfig)
+    posterior_scale: str = "log_sigma"
 
     def __post_init__(self) -> None:
         parse_schedule(self.beta)  # fail at config time, naming the spec
+        if self.posterior_scale not in SCALE_PARAMS:
+            raise ConfigError(f"model.posterior_scale: expected one of {', '.join(SCALE_PARAMS)}, "
+                              f"got {self.posterior_scale!r}")
 
 
 def variational_autoencoder(cfg: VAEConfig, head: Callable[[int], LatentHead],
@@ -58,7 +66,8 @@ def vae(cfg: VAEConfig) -> Autoencoder:
         Rezende et al., "Stochastic Backpropagation and Approximate Inference in Deep Generative
         Models", ICML 2014.
     """
-    return variational_autoencoder(cfg, partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim))
+    return variational_autoencoder(cfg, partial(DiagonalGaussianHead, latent_dim=cfg.latent_dim,
+                                                       scale=cfg.posterior_scale))
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from aelab.nn.linear import Linear
 from aelab.nn.pixelcnn import GatedMaskedConv, gate
 
 __all__ = ["CausalSelfAttention", "LearnedPositionalEncoding2d", "PixelSNAIL", "PixelSNAILBlock",
@@ -76,11 +77,11 @@ class CausalSelfAttention(nn.Module):
         self.heads = heads
         self.head_dim = head_dim or max(query_dim // heads, 1)
         inner = heads * self.head_dim
-        self.to_q = nn.Linear(query_dim, inner)
-        self.to_kv = nn.Linear(memory_dim, 2 * inner)
+        self.to_q = Linear(query_dim, inner)
+        self.to_kv = Linear(memory_dim, 2 * inner)
         # the null slot every query may read (the only one query 0 has)
         self.null_kv = nn.Parameter(torch.randn(2, heads, 1, self.head_dim) * 0.02)
-        self.out = nn.Linear(inner, out_dim or query_dim)
+        self.out = Linear(inner, out_dim or query_dim)
 
     def forward(self, query: Tensor, memory: Tensor) -> Tensor:
         """``query`` ``(B, L, D_q)`` and ``memory`` ``(B, L, D_m)`` -> ``(B, L, out_dim)``."""

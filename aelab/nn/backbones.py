@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from aelab.nn.linear import Linear
 from aelab.registry import BACKBONES, Registry
 
 ACTIVATIONS: Registry = Registry("activation")
@@ -48,7 +49,7 @@ def _act(name: str) -> nn.Module:
 def _mlp(widths: list[int], activation: str, last_activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(a, b))
+        layers.append(Linear(a, b))
         if last_activation or i < len(widths) - 2:
             layers.append(_act(activation))
     return nn.Sequential(*layers)
@@ -97,7 +98,7 @@ class ConvEncoder(nn.Module):
         layers.append(nn.Flatten())
         flat = cfg.channels[-1] * sizes[-1][0] * sizes[-1][1]
         if cfg.fc:
-            layers += [nn.Linear(flat, cfg.fc), _act(cfg.activation)]
+            layers += [Linear(flat, cfg.fc), _act(cfg.activation)]
         self.net = nn.Sequential(*layers)
         self.out_features = cfg.fc or flat
 
@@ -116,9 +117,9 @@ class ConvDecoder(nn.Module):
         flat = math.prod(self.start)
         dense: list[nn.Module] = []
         if cfg.fc:
-            dense += [nn.Linear(latent_dim, cfg.fc), _act(cfg.activation), nn.Linear(cfg.fc, flat)]
+            dense += [Linear(latent_dim, cfg.fc), _act(cfg.activation), Linear(cfg.fc, flat)]
         else:
-            dense += [nn.Linear(latent_dim, flat)]
+            dense += [Linear(latent_dim, flat)]
         self.dense = nn.Sequential(*dense, _act(cfg.activation))
         layers: list[nn.Module] = []
         outs = [*chans[1:], out_channels]

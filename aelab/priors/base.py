@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent
 
+from aelab.distributions import UnitNormal
 from aelab.registry import PRIORS
 
 
@@ -55,7 +56,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+        return Independent(UnitNormal(self.loc, self.scale, validate_args=False), 1)
 
 
 def build_prior(latent_dim: int, cfg: PriorConfig) -> nn.Module:

@@ -288,8 +288,11 @@ class Trainer:
             group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
         dtype = PRECISIONS[cfg.precision]
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        if dtype is None:
             out = self.model.loss(x, self.step)
+        else:
+            with torch.autocast(self.device.type, dtype=dtype):
+                out = self.model.loss(x, self.step)
         loss = out.loss.item()
         if not math.isfinite(loss):
             self._non_finite("loss", loss, out.terms)

@@ -1,0 +1,155 @@
+"""Linear layers whose float32 CPU matrix products can run on oneDNN instead of the BLAS.
+
+PyTorch sends a float32 ``nn.Linear`` on the CPU to its BLAS (MKL in the official wheels). MKL
+picks its AVX-512 kernels only on Intel processors; on AMD processors with AVX-512 (Zen 4 and
+later) it runs its AVX2 kernels, about half the speed the hardware allows. oneDNN, which PyTorch
+also ships (it already runs PyTorch's CPU convolutions), chooses kernels by instruction set, not
+by vendor. ``aelab.nn.Linear`` is an ``nn.Linear`` (same parameters, same state-dict keys, same
+result up to float32 rounding) whose forward and backward products go to oneDNN when that is
+where they are faster.
+
+Which backend runs is decided by a rule, never by timing, so a run and its resume use the same
+kernels (exact resume):
+
+* ``AELAB_CPU_GEMM=auto`` (the default): oneDNN when PyTorch reports AVX-512 on the CPU and the
+  product is large enough (``batch * in * out >= 2**22``; the small ones are as fast or faster in
+  the BLAS), the BLAS otherwise.
+* ``AELAB_CPU_GEMM=onednn``: oneDNN for every eligible product, whatever the size or CPU.
+* ``AELAB_CPU_GEMM=blas``: never oneDNN (exactly ``torch.nn.functional.linear``).
+
+Eligible means: CPU tensors, float32 input and weight, no autocast (under autocast PyTorch's own
+bfloat16 path, already oneDNN, runs), no ``torch.func`` transform, not being compiled. Anything
+else, and double backward (``create_graph=True``, as in the contractive AE), uses the ordinary
+differentiable operations. ``benchmarks/cpu_gemm.py`` measures both backends side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MODES = ("auto", "onednn", "blas")
+MIN_WORK = 1 << 22  # batch * in * out below which "auto" keeps the BLAS
+
+_mode: str | None = None  # None: read AELAB_CPU_GEMM
+
+
+def cpu_gemm_mode() -> str:
+    """The backend rule in force: ``auto``, ``onednn`` or ``blas`` (see the module doc)."""
+    if _mode is not None:
+        return _mode
+    return _env_mode(os.environ.get("AELAB_CPU_GEMM", "auto"))
+
+
+@functools.lru_cache(maxsize=8)
+def _env_mode(value: str) -> str:
+    mode = value.strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"AELAB_CPU_GEMM: expected one of {', '.join(MODES)}, got {value!r}")
+    return mode
+
+
+def set_cpu_gemm(mode: str | None) -> None:
+    """Set the backend rule for this process (``None``: back to ``AELAB_CPU_GEMM``)."""
+    global _mode
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"cpu_gemm: expected one of {', '.join(MODES)}, got {mode!r}")
+    _mode = mode
+
+
+@contextmanager
+def cpu_gemm(mode: str) -> Iterator[None]:
+    """``with cpu_gemm("blas"): ...`` runs the block under another backend rule."""
+    global _mode
+    old = _mode
+    set_cpu_gemm(mode)
+    try:
+        yield
+    finally:
+        _mode = old
+
+
+@functools.cache
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _transformed(t: Tensor) -> bool:
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    # cheapest tests first: this runs on every call of every layer
+    if x.dtype is not torch.float32 or weight.dtype is not torch.float32 or x.device.type != "cpu":
+        return False
+    mode = cpu_gemm_mode()
+    if mode == "blas" or weight.device.type != "cpu" or x.dim() == 0 or x.numel() == 0:
+        return False
+    if mode == "auto" and (not _has_avx512()
+                           or x.numel() // x.shape[-1] * weight.shape[0] * weight.shape[1] < MIN_WORK):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _transformed(x) or _transformed(weight):
+        return False
+    return _onednn_available()
+
+
+def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b.T (+ bias)`` by oneDNN, for 2-D float32 CPU tensors (transposed views are fine)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias = bias is not None
+        ctx.in_shape = x.shape
+        return _mm(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x2, weight = ctx.saved_tensors
+        g = grad.reshape(-1, weight.shape[0])
+        # double backward or a vmapped backward: ordinary, differentiable operations
+        plain = torch.is_grad_enabled() or _transformed(g) or g.dtype != torch.float32
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            gx = g @ weight if plain else _mm(g, weight.t())
+            grad_x = gx.view(ctx.in_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = g.t() @ x2 if plain else _mm(g.t(), x2.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` like ``torch.nn.functional.linear``, on oneDNN where it is faster."""
+    if _use_onednn(x, weight) and (bias is None or bias.dtype == torch.float32):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` computed by :func:`linear` (same parameters and state-dict keys).
+
+    Example:
+        >>> layer = Linear(3, 2)
+        >>> layer(torch.zeros(4, 3)).shape
+        torch.Size([4, 2])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
