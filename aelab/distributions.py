@@ -128,6 +128,10 @@ class DiagonalNormal(Normal):
         self.loc, self.scale, self.log_scale = loc, scale, log_scale
         Distribution.__init__(self, loc.shape, validate_args=validate_args)
 
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        eps = torch.randn(self._extended_shape(torch.Size(sample_shape)), dtype=self.loc.dtype, device=self.loc.device)
+        return torch.addcmul(self.loc, eps, self.scale)  # loc + eps * scale in one operation
+
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance=None) -> DiagonalNormal:
         shape = torch.Size(batch_shape)
         return DiagonalNormal(self.loc.expand(shape), self.scale.expand(shape), self.log_scale.expand(shape))
@@ -141,7 +145,9 @@ class UnitNormal(Normal):
 def _kl_to_unit(q: Normal, p: UnitNormal, log_scale: Tensor) -> Tensor:
     # KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - 1) / 2 - log s
     kl = 0.5 * torch.addcmul(q.scale * q.scale, q.loc, q.loc).sub_(1.0) - log_scale
-    return kl if p.loc.shape == kl.shape else kl.expand(torch.broadcast_shapes(kl.shape, p.loc.shape))
+    if p.loc.dim() <= kl.dim() and all(a in (1, b) for a, b in zip(p.loc.shape[::-1], kl.shape[::-1])):
+        return kl  # p's batch shape broadcasts into q's (the usual case: p is (D,), q is (B, D))
+    return kl.expand(torch.broadcast_shapes(kl.shape, p.loc.shape))
 
 
 @register_kl(Normal, UnitNormal)

@@ -67,11 +67,17 @@ class BernoulliImage(Independent):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if value.shape != self.base_dist.logits.shape:
+            return super().log_prob(value)
+        return -self.nll(value)
+
+    def nll(self, value: Tensor) -> Tensor:
+        """``-log_prob(value)`` computed directly (the reconstruction term asks for this)."""
         logits = self.base_dist.logits
         if value.shape != logits.shape:
-            return super().log_prob(value)
+            return -super().log_prob(value)
         bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return -bce.sum(dim=tuple(range(-self.reinterpreted_batch_ndims, 0)))
+        return bce.sum(dim=tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
 
 class _LocationScaleLikelihood(Likelihood):

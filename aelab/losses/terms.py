@@ -12,10 +12,14 @@ from aelab.outputs import ModelOutput
 
 
 class ReconstructionNLL:
-    """Negative log-likelihood of the clean input under the decoder, ``-log p(x|z)``."""
+    """Negative log-likelihood of the clean input under the decoder, ``-log p(x|z)``.
+
+    A likelihood distribution may offer ``nll(x)`` (the same value, without two negations).
+    """
 
     def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
-        return -out.px_z.log_prob(out.x)
+        nll = getattr(out.px_z, "nll", None)
+        return nll(out.x) if nll is not None else -out.px_z.log_prob(out.x)
 
 
 class AuxLoss:

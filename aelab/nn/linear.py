@@ -11,6 +11,9 @@ where they are faster.
 Which backend runs is decided by a rule, never by timing, so a run and its resume use the same
 kernels (exact resume):
 
+The environment variable is read when a layer first runs (``set_cpu_gemm`` and the ``cpu_gemm``
+context change the rule later):
+
 * ``AELAB_CPU_GEMM=auto`` (the default): oneDNN when PyTorch reports AVX-512 on the CPU and the
   product is large enough (``batch * in * out >= 2**22``; the small ones are as fast or faster in
   the BLAS), the BLAS otherwise.
@@ -47,6 +50,16 @@ def cpu_gemm_mode() -> str:
     return _env_mode(os.environ.get("AELAB_CPU_GEMM", "auto"))
 
 
+_dispatch_mode: str | None = None  # what the layers use: cpu_gemm_mode() at first use or last set
+
+
+def _layer_mode() -> str:
+    global _dispatch_mode
+    if _dispatch_mode is None:
+        _dispatch_mode = cpu_gemm_mode()
+    return _dispatch_mode
+
+
 @functools.lru_cache(maxsize=8)
 def _env_mode(value: str) -> str:
     mode = value.strip().lower() or "auto"
@@ -56,23 +69,23 @@ def _env_mode(value: str) -> str:
 
 
 def set_cpu_gemm(mode: str | None) -> None:
-    """Set the backend rule for this process (``None``: back to ``AELAB_CPU_GEMM``)."""
-    global _mode
+    """Set the backend rule for this process (``None``: back to ``AELAB_CPU_GEMM``, read now)."""
+    global _mode, _dispatch_mode
     if mode is not None and mode not in MODES:
         raise ValueError(f"cpu_gemm: expected one of {', '.join(MODES)}, got {mode!r}")
     _mode = mode
+    _dispatch_mode = cpu_gemm_mode()
 
 
 @contextmanager
 def cpu_gemm(mode: str) -> Iterator[None]:
     """``with cpu_gemm("blas"): ...`` runs the block under another backend rule."""
-    global _mode
     old = _mode
     set_cpu_gemm(mode)
     try:
         yield
     finally:
-        _mode = old
+        set_cpu_gemm(old)
 
 
 @functools.cache
@@ -93,7 +106,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
     # cheapest tests first: this runs on every call of every layer
     if x.dtype is not torch.float32 or weight.dtype is not torch.float32 or x.device.type != "cpu":
         return False
-    mode = cpu_gemm_mode()
+    mode = _layer_mode()
     if mode == "blas" or weight.device.type != "cpu" or x.dim() == 0 or x.numel() == 0:
         return False
     if mode == "auto" and (not _has_avx512()

@@ -56,7 +56,11 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self) -> Distribution:
-        return Independent(UnitNormal(self.loc, self.scale, validate_args=False), 1)
+        # the distribution depends only on the buffers: built once, rebuilt when .to() replaces them
+        cached = self.__dict__.get("_dist")
+        if cached is None or cached.base_dist.loc is not self.loc or cached.base_dist.scale is not self.scale:
+            cached = self.__dict__["_dist"] = Independent(UnitNormal(self.loc, self.scale, validate_args=False), 1)
+        return cached
 
 
 def build_prior(latent_dim: int, cfg: PriorConfig) -> nn.Module:
