@@ -11,7 +11,7 @@ so load from other processes falls on all of them alike):
 Prints JSON: milliseconds per call (median over rounds) and the ratios blas / oneDNN.
 
 Usage:
-    python benchmarks/cpu_gemm.py [--threads 2] [--rounds 7]
+    python benchmarks/cpu_gemm.py [--threads 2] [--rounds 7] [--save]
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from aelab.io import atomic_write_text
 from aelab.models.base import build_model
 from aelab.nn.linear import cpu_gemm, linear
+
+RESULT = Path(__file__).resolve().parent / "results" / "cpu_gemm.json"
 
 
 def timed(fn, calls: int) -> float:
@@ -75,6 +79,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=100, help="calls per timing")
+    p.add_argument("--save", action="store_true", help=f"also write the JSON to {RESULT}")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -96,7 +101,7 @@ def main() -> None:
         med = {m: statistics.median(times[name][m]) for m in modes}
         results[name] = {**{f"ms_{m}": round(v, 4) for m, v in med.items()},
                          "blas_over_onednn": round(med["blas"] / med[modes[1]], 3)}
-    print(json.dumps({
+    text = json.dumps({
         "benchmark": "cpu_gemm",
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -105,7 +110,10 @@ def main() -> None:
         "rounds": args.rounds,
         "calls_per_timing": args.calls,
         "results": results,
-    }, indent=2))
+    }, indent=2)
+    print(text)
+    if args.save:
+        atomic_write_text(RESULT, text + "\n")
 
 
 if __name__ == "__main__":
