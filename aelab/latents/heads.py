@@ -91,6 +91,13 @@ class TopKHead(LatentHead):
 SCALE_PARAMS = ("log_sigma", "log_var")
 
 
+def check_scale_param(scale: str) -> str:
+    """``scale`` if it names a parameterisation of sigma (see :func:`diagonal_normal`), else ValueError."""
+    if scale not in SCALE_PARAMS:
+        raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
+    return scale
+
+
 def diagonal_normal(mu: Tensor, raw: Tensor, scale: str = "log_sigma") -> Independent:
     """``N(mu, diag sigma^2)`` with the scale read from the head's raw output ``raw``.
 
@@ -103,12 +110,10 @@ def diagonal_normal(mu: Tensor, raw: Tensor, scale: str = "log_sigma") -> Indepe
     ``clamp``, whose backward builds its mask from four separate operations (same values and
     the same gradient, except exactly at the bounds).
     """
-    if scale == "log_sigma":
+    if check_scale_param(scale) == "log_sigma":
         log_sigma = F.hardtanh(raw, -10.0, 10.0)
-    elif scale == "log_var":
+    else:  # log_var
         log_sigma = 0.5 * F.hardtanh(raw, -20.0, 20.0)
-    else:
-        raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
     return Independent(DiagonalNormal(mu, log_sigma.exp(), log_sigma), 1)
 
 
@@ -124,9 +129,7 @@ class DiagonalGaussianHead(LatentHead):
 
     def __init__(self, in_features: int, latent_dim: int, scale: str = "log_sigma") -> None:
         super().__init__()
-        if scale not in SCALE_PARAMS:
-            raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
-        self.latent_dim, self.scale = latent_dim, scale
+        self.latent_dim, self.scale = latent_dim, check_scale_param(scale)
         self.linear = Linear(in_features, 2 * latent_dim)
 
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:

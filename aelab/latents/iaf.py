@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from aelab.flows.made import MADE
 from aelab.flows.transforms import FlowDistribution, IAFTransform, stack_flow
-from aelab.latents.heads import SCALE_PARAMS, LatentHead, diagonal_normal
+from aelab.latents.heads import LatentHead, check_scale_param, diagonal_normal
 from aelab.nn.linear import Linear
 
 
@@ -43,9 +43,7 @@ class IAFHead(LatentHead):
     def __init__(self, in_features: int, latent_dim: int, flows: int = 2, hidden: int = 64,
                  context: int = 16, scale: str = "log_sigma") -> None:
         super().__init__()
-        if scale not in SCALE_PARAMS:
-            raise ValueError(f"scale must be one of {', '.join(SCALE_PARAMS)}, got {scale!r}")
-        self.scale = scale
+        self.scale = check_scale_param(scale)
         if flows < 0:
             raise ValueError(f"flows must be >= 0, got {flows}")
         self.latent_dim, self.context_dim = latent_dim, context
