@@ -67,8 +67,6 @@ class BernoulliImage(Independent):
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if value.shape != self.base_dist.logits.shape:
-            return super().log_prob(value)
         return -self.nll(value)
 
     def nll(self, value: Tensor) -> Tensor:
