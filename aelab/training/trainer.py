@@ -59,7 +59,9 @@ class TrainerConfig:
     grad_clip: clip the global gradient norm to this value (``None``: no clipping).
     fused: use PyTorch's fused Adam/AdamW kernel (one pass over all parameters instead of a
         Python loop of per-tensor ops: about 1.7x faster steps for a small MLP VAE on CPU; the
-        same algorithm, deterministic, but not bit-identical to the unfused loop).
+        same algorithm, deterministic, but not bit-identical to the unfused loop). The optimizers
+        are :mod:`aelab.training.optim`'s subclasses of torch's Adam/AdamW, which call the fused
+        kernel without torch's per-step Python around it (bitwise torch's fused updates and state).
     seed: seeds torch's RNG at the start of a fresh run and the data order of every epoch.
     checkpoint_every: write a resumable checkpoint every this many steps (and at each epoch end).
     log_every: log training losses every this many steps.
