@@ -3,8 +3,8 @@
 ``torch.optim.Adam(fused=True)`` spends most of a small model's optimizer time outside its
 kernel: a profiler range and hook dispatch around ``step`` and ``zero_grad``, per-step
 re-collection of the parameter, gradient and state lists, and their grouping by device and
-dtype. For the 784-512-16 MLP VAE on 2 CPU cores that is about 0.14 ms of a 2.5 ms training step
-(measured in the step, side by side). :class:`Adam` and :class:`AdamW` are subclasses of
+dtype. For the 784-512-16 MLP VAE on 2 CPU cores, swapping torch's Adam for this one takes
+0.09-0.11 ms off a ~2.4 ms training step (medians of interleaved runs in one process). :class:`Adam` and :class:`AdamW` are subclasses of
 torch's that call the same fused kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``) with
 the same arguments, so parameters and state are bitwise those of ``torch.optim.Adam(fused=True)``
 (tested), and ``state_dict`` / ``load_state_dict`` are torch's (checkpoints move freely between
@@ -68,24 +68,19 @@ def _lean_groups(opt: torch.optim.Adam) -> list[tuple[dict[str, Any], list[list[
     return out
 
 
-def _parent_step():
-    # torch's Adam.step with the hooks and profiler range every optimizer step has: torch adds
-    # them to a class's step when its first instance is made, so wrap it unless that happened
-    step = torch.optim.Adam.step
-    return step if getattr(step, "hooked", False) else Optimizer.profile_hook_step(step)
+# torch's Adam.step with the hooks and profiler range every optimizer step has (torch adds them to
+# a class's step when its first instance is made; wrap it here unless that already happened)
+_FULL_STEP = (torch.optim.Adam.step if getattr(torch.optim.Adam.step, "hooked", False)
+              else Optimizer.profile_hook_step(torch.optim.Adam.step))
 
 
 class _LeanStep:
     """Mixin for torch's Adam family: the lean ``step`` and ``zero_grad`` (see the module doc)."""
 
-    _full_step = None
-
     def step(self, closure=None):  # noqa: D102 - torch's semantics
         groups = None if closure is not None else _lean_groups(self)
         if groups is None:
-            if _LeanStep._full_step is None:
-                _LeanStep._full_step = _parent_step()
-            return _LeanStep._full_step(self, closure)
+            return _FULL_STEP(self, closure)
         with torch.no_grad():
             for group, (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps) in groups:
                 if not params:
