@@ -52,6 +52,9 @@ Each difference aelab - pythae comes with its paired standard error over the ima
 
 Usage:
     python benchmarks/vae_vs_pythae.py --save
+    python benchmarks/vae_vs_pythae.py --seeds 0-19 --test-subset 2000 --save   # ..._seeds.json
+    # more seeds later, summarised with the earlier ones (same settings and versions are checked):
+    python benchmarks/vae_vs_pythae.py --seeds 20-39 --test-subset 2000 --save --pool FILE_SEEDS.json
 
 The first run also creates the pythae environment (about a minute with a local torch wheel).
 """
@@ -324,6 +327,9 @@ def main() -> None:
     p.add_argument("--train-subset", type=int, default=None, help="for a quick smoke run only")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="aelab's trainer.precision (pythae always trains in float32; scoring is float32 for both)")
+    p.add_argument("--pool", type=Path, default=None,
+                   help="an earlier several-seed JSON of the same experiment (same settings and versions, "
+                        "other seeds): summarise its seeds together with this run's")
     p.add_argument("--save", action="store_true",
                    help=f"also write the JSON to {RESULT.relative_to(HERE.parent)} (bf16: ..._bf16.json)")
     args = p.parse_args()
@@ -338,16 +344,25 @@ def main() -> None:
     data = load_data(DataConfig(name="fashion-mnist", root=args.data_dir, train_subset=args.train_subset))
     x_test = data.test.get_batch(torch.arange(len(data.test)))[0]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    if args.pool is not None:  # fail now, not after the training, if it cannot be pooled
+        n_iwae = len(data.test) if args.test_subset == 0 else min(args.test_subset, len(data.test))
+        pool_check(args.pool, seeds, {"epochs": args.epochs, "threads": args.threads, "iwae_k": args.iwae_k,
+                                      "iwae_test_size": n_iwae, "train_size": len(data.train),
+                                      "precision": {"aelab": args.precision, "pythae": "fp32"}})
     reports = []
     for seed in seeds:
         log(f"seed {seed} ({len(reports) + 1} of {len(seeds)})")
         reports.append(run_seed(argparse.Namespace(**{**vars(args), "seed": seed}), python, data, x_test))
-    report = reports[0] if len(reports) == 1 else summarise(reports)
+    if args.pool is not None:
+        pooled, pooled_from = earlier_seeds(args.pool, reports[0])
+        report = summarise(reports, pooled, pooled_from)
+    else:
+        report = reports[0] if len(reports) == 1 else summarise(reports)
     text = json.dumps(report, indent=2)
     print(text)
     if args.save:
         out = RESULT if args.precision == "fp32" else RESULT.with_name(f"{RESULT.stem}_{args.precision}.json")
-        if len(reports) > 1:
+        if "per_seed" in report:
             out = out.with_name(f"{out.stem}_seeds.json")
         atomic_write_text(out, text + "\n")
         log(f"saved {out}")
@@ -367,44 +382,117 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
-def summarise(reports: list[dict]) -> dict:
-    """Several seeds: the per-seed figures and their mean, spread and a 95% interval of the mean.
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom.
 
-    The speed target is judged on the mean ratio; the likelihood targets on the mean paired
-    difference aelab - pythae (``<= 0``), with its standard error over seeds (which, unlike the
-    per-run standard error, includes the training noise of both sides) and whether the
-    difference is significantly > 0 (95% t interval entirely above zero).
+    Exact values (to 3 decimals) up to 9; beyond, the Cornish-Fisher expansion around the normal
+    quantile, within 0.001 of the exact value from df = 10 on (2.093 at df = 19).
     """
-    n = len(reports)
-    t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(n, 1.96)
+    exact = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df in exact:
+        return exact[df]
+    z = 1.959963984540054
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
-    def stats(values: list[float]) -> dict:
-        mean = sum(values) / n
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        se = sd / math.sqrt(n)
-        return {"mean": mean, "sd": sd, "stderr": se, "ci95": [mean - t95 * se, mean + t95 * se],
-                "min": min(values), "max": max(values)}
 
-    ratio = stats([r["aelab_over_pythae_samples_per_second"] for r in reports])
-    diffs = {k: stats([r["aelab_minus_pythae"][k]["mean"] for r in reports]) for k in ("neg_elbo", "iwae_nll")}
-    first = reports[0]
-    keep = ("benchmark", "data", "train_size", "test_size", "network", "epochs", "threads", "precision",
-            "neg_elbo_test_size", "iwae_k", "iwae_test_size", "versions")
-    per_seed = [{
+def seed_entry(r: dict) -> dict:
+    """The figures of one seed's report that the several-seed summary keeps."""
+    return {
         "seed": r["seed"],
         "aelab_over_pythae_samples_per_second": r["aelab_over_pythae_samples_per_second"],
         "seconds_per_epoch": {k: r["results"][k]["seconds_per_epoch"] for k in ("aelab", "pythae")},
         "test_neg_elbo": {k: r["results"][k]["test_neg_elbo"] for k in ("aelab", "pythae")},
         "test_iwae_nll": {k: r["results"][k]["test_iwae_nll"] for k in ("aelab", "pythae")},
         "aelab_minus_pythae": r["aelab_minus_pythae"],
-    } for r in reports]
+    }
+
+
+# what must agree for seeds of two runs to be pooled into one summary
+POOL_KEYS = ("benchmark", "data", "train_size", "test_size", "network", "epochs", "threads", "precision",
+             "neg_elbo_test_size", "iwae_k", "iwae_test_size")
+POOL_VERSIONS = ("aelab", "torch", "pythae", "pythae_side_torch")
+
+
+def read_pool(path: Path) -> dict:
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--pool {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(earlier, dict) or "per_seed" not in earlier:
+        raise SystemExit(f"--pool {path}: not a several-seed result (no 'per_seed'; made with --seeds)")
+    return earlier
+
+
+def same_or_exit(path: Path, key: str, mine: object, theirs: object) -> None:
+    if mine != theirs:
+        raise SystemExit(f"--pool {path}: {key} differs: this run {mine!r}, that file {theirs!r}")
+
+
+def pool_check(path: Path, seeds: list[int], settings: dict) -> None:
+    """Before training: the earlier run has other seeds and the settings given on this command line."""
+    earlier = read_pool(path)
+    for key, mine in settings.items():
+        same_or_exit(path, key, mine, earlier.get(key))
+    if both := sorted(set(seeds) & set(earlier["seeds"])):
+        raise SystemExit(f"--pool {path}: seeds {both} are in that file already; choose other --seeds")
+
+
+def earlier_seeds(path: Path, meta: dict) -> tuple[list[dict], dict]:
+    """The per-seed entries of an earlier several-seed JSON, checked to be the same experiment."""
+    earlier = read_pool(path)
+    for key in POOL_KEYS:
+        same_or_exit(path, key, meta.get(key), earlier.get(key))
+    for key in POOL_VERSIONS:
+        same_or_exit(path, f"versions.{key}", meta["versions"].get(key), earlier.get("versions", {}).get(key))
+    try:
+        name = str(path.resolve().relative_to(HERE.parent))
+    except ValueError:  # outside the repository
+        name = str(path)
+    return earlier["per_seed"], {"file": name, "seeds": earlier["seeds"],
+                                 "when": earlier.get("measured_at", "not recorded")}
+
+
+def summarise(reports: list[dict], pooled: list[dict] = (), pooled_from: dict | None = None) -> dict:
+    """Several seeds: the per-seed figures and their mean, spread and a 95% interval of the mean.
+
+    ``reports`` are this run's single-seed reports; ``pooled`` are per-seed entries of an earlier
+    run of the same experiment (``--pool``), summarised together with them.
+
+    The speed target is judged on the mean ratio; the likelihood targets on the mean paired
+    difference aelab - pythae (``<= 0``), with its standard error over seeds (which, unlike the
+    per-run standard error, includes the training noise of both sides) and whether the
+    difference is significantly > 0 (95% t interval entirely above zero).
+    """
+    per_seed = [*pooled, *(seed_entry(r) for r in reports)]
+    seeds = [e["seed"] for e in per_seed]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds measured twice: {sorted({s for s in seeds if seeds.count(s) > 1})}")
+    n = len(per_seed)
+    t = t95(n - 1)
+
+    def stats(values: list[float]) -> dict:
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        se = sd / math.sqrt(n)
+        return {"mean": mean, "sd": sd, "stderr": se, "ci95": [mean - t * se, mean + t * se],
+                "min": min(values), "max": max(values)}
+
+    ratio = stats([e["aelab_over_pythae_samples_per_second"] for e in per_seed])
+    diffs = {k: stats([e["aelab_minus_pythae"][k]["mean"] for e in per_seed]) for k in ("neg_elbo", "iwae_nll")}
+    first = reports[0]
+    keep = (*POOL_KEYS, "versions")
     targets = {
         "mean_samples_per_second_ratio_at_least_2x": ratio["mean"] >= 2.0,
         "mean_neg_elbo_no_worse": diffs["neg_elbo"]["mean"] <= 0,
         "mean_iwae_nll_no_worse": diffs["iwae_nll"]["mean"] <= 0,
         "iwae_nll_not_significantly_worse": diffs["iwae_nll"]["ci95"][0] <= 0,
     }
-    return {**{k: first[k] for k in keep if k in first}, "seeds": [r["seed"] for r in reports],
+    return {**{k: first[k] for k in keep if k in first}, "seeds": seeds,
+            "measured_at": time.strftime("%Y-%m-%d"),
+            **({"pooled_from": pooled_from} if pooled_from else {}),
             "iwae_subset": "per seed: torch.randperm(test_size, generator seeded with the seed)" if
                            first["iwae_test_size"] != first["test_size"] else "the whole test split",
             "aelab_over_pythae_samples_per_second": ratio,

@@ -142,5 +142,5 @@ def test_zero_grad_and_profiler_names() -> None:
 
 
 def test_trainer_uses_the_lean_optimizers() -> None:
-    assert OPTIMIZERS == {"adam": optim.Adam, "adamw": optim.AdamW}
+    assert {"adam": optim.Adam, "adamw": optim.AdamW} == OPTIMIZERS
     assert issubclass(optim.Adam, torch.optim.Adam) and issubclass(optim.AdamW, torch.optim.AdamW)

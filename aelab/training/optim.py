@@ -4,11 +4,11 @@
 kernel: a profiler range and hook dispatch around ``step`` and ``zero_grad``, per-step
 re-collection of the parameter, gradient and state lists, and their grouping by device and
 dtype. For the 784-512-16 MLP VAE on 2 CPU cores, swapping torch's Adam for this one takes
-0.09-0.11 ms off a ~2.4 ms training step (medians of interleaved runs in one process). :class:`Adam` and :class:`AdamW` are subclasses of
-torch's that call the same fused kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``) with
-the same arguments, so parameters and state are bitwise those of ``torch.optim.Adam(fused=True)``
-(tested), and ``state_dict`` / ``load_state_dict`` are torch's (checkpoints move freely between
-the two).
+0.09-0.11 ms off a ~2.4 ms training step (medians of interleaved runs in one process).
+:class:`Adam` and :class:`AdamW` are subclasses of torch's that call the same fused kernels
+(``torch._fused_adam_`` / ``torch._fused_adamw_``) with the same arguments, so parameters and
+state are bitwise those of ``torch.optim.Adam(fused=True)`` (tested), and ``state_dict`` /
+``load_state_dict`` are torch's (checkpoints move freely between the two).
 
 The lean path runs when it can give exactly torch's result: fused groups with number (not
 tensor) hyperparameters, no closure, no step hooks (global or per optimizer), no gradient scaler
