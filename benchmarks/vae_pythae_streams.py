@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -153,24 +152,21 @@ def parse_arm(arm: str) -> set[str] | None:
 
 
 def paired_over_seeds(rows: list[dict], arm: str, reference: str) -> dict:
-    out = {}
+    """``arm`` minus ``reference``, seed by seed, for the -ELBO, the NLL and the bound gap (-ELBO
+    minus NLL: how loose the bound is); ``worse_in``: seeds where the difference is > 0."""
     by = {(r["arm"], r["seed"]): r for r in rows}
     seeds = sorted(s for (a, s) in by if a == arm and (reference, s) in by)
     if len(seeds) < 2:
         return {"seeds": len(seeds)}
-    def gap(r: dict) -> float:  # how loose the bound is: -ELBO minus the IWAE estimate of -log p(x)
-        return r["neg_elbo"] - r["iwae_nll"]
 
+    def figures(r: dict) -> dict[str, float]:
+        return {"neg_elbo": r["neg_elbo"], "iwae_nll": r["iwae_nll"], "bound_gap": r["neg_elbo"] - r["iwae_nll"]}
+
+    out: dict = {"seeds": len(seeds)}
     for key in ("neg_elbo", "iwae_nll", "bound_gap"):
-        value = gap if key == "bound_gap" else (lambda r, key=key: r[key])
-        d = [value(by[arm, s]) - value(by[reference, s]) for s in seeds]
-        mean = sum(d) / len(d)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
-        se = sd / math.sqrt(len(d))
-        t = bench.t95(len(d) - 1)
-        out[key] = {"mean": mean, "stderr": se, "ci95": [mean - t * se, mean + t * se],
-                    "worse_in": sum(v > 0 for v in d)}
-    return {"seeds": len(seeds), **out}
+        d = [figures(by[arm, s])[key] - figures(by[reference, s])[key] for s in seeds]
+        out[key] = {**bench.over_seeds(d), "worse_in": sum(v > 0 for v in d)}
+    return out
 
 
 def read_earlier(path: Path, settings: dict, arms: list[str], seeds: list[int]) -> list[dict]:

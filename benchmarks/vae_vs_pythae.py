@@ -398,6 +398,16 @@ def t95(df: int) -> float:
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
+def over_seeds(values: list[float]) -> dict:
+    """Mean, spread and 95% t interval of the mean of one figure over seeds (at least two)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    se, t = sd / math.sqrt(n), t95(n - 1)
+    return {"mean": mean, "sd": sd, "stderr": se, "ci95": [mean - t * se, mean + t * se],
+            "min": min(values), "max": max(values)}
+
+
 def seed_entry(r: dict) -> dict:
     """The figures of one seed's report that the several-seed summary keeps."""
     return {
@@ -470,18 +480,8 @@ def summarise(reports: list[dict], pooled: list[dict] = (), pooled_from: dict | 
     seeds = [e["seed"] for e in per_seed]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"seeds measured twice: {sorted({s for s in seeds if seeds.count(s) > 1})}")
-    n = len(per_seed)
-    t = t95(n - 1)
-
-    def stats(values: list[float]) -> dict:
-        mean = sum(values) / n
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        se = sd / math.sqrt(n)
-        return {"mean": mean, "sd": sd, "stderr": se, "ci95": [mean - t * se, mean + t * se],
-                "min": min(values), "max": max(values)}
-
-    ratio = stats([e["aelab_over_pythae_samples_per_second"] for e in per_seed])
-    diffs = {k: stats([e["aelab_minus_pythae"][k]["mean"] for e in per_seed]) for k in ("neg_elbo", "iwae_nll")}
+    ratio = over_seeds([e["aelab_over_pythae_samples_per_second"] for e in per_seed])
+    diffs = {k: over_seeds([e["aelab_minus_pythae"][k]["mean"] for e in per_seed]) for k in ("neg_elbo", "iwae_nll")}
     first = reports[0]
     keep = (*POOL_KEYS, "versions")
     targets = {
