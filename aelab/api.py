@@ -7,6 +7,7 @@ from typing import Any
 
 from aelab.config import to_dict
 from aelab.data.base import DataConfig, DataSplits, load_data
+from aelab.protocol import model_spec
 from aelab.training.trainer import Trainer, TrainerConfig
 
 
@@ -35,9 +36,10 @@ def fit(model: Any, data: str | DataConfig | DataSplits, trainer: TrainerConfig 
     cfg = trainer or TrainerConfig(**trainer_settings)
     data_cfg = DataConfig(name=data) if isinstance(data, str) else data if isinstance(data, DataConfig) else None
     splits = load_data(data_cfg) if data_cfg is not None else data
-    if tuple(model.config.image_shape) != tuple(splits.info.shape):
-        raise ValueError(f"model expects images of shape {tuple(model.config.image_shape)} but "
-                         f"{splits.info.name} has {splits.info.shape}; build it with image_shape={splits.info.shape}")
+    fit_to_data = model_spec(model).fit_to_data
+    if fit_to_data is not None and fit_to_data(model.config, splits.info) != model.config:
+        raise ValueError(f"model {model.name!r} was built for other data than {splits.info.name}: its config "
+                         f"differs from the one fitted to the data ({fit_to_data(model.config, splits.info)})")
     run_config = {"model": model.name, "model_config": to_dict(model.config), "trainer": to_dict(cfg)}
     if data_cfg is not None:
         run_config["data"] = to_dict(data_cfg)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from aelab.config import ConfigError
-from aelab.io import sha256_file
+from aelab.protocol import require
 from aelab.registry import UnknownNameError
 
 
@@ -42,15 +42,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_run_dir(cfg) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{cfg.model}-{cfg.data.name}-{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
-
 def _epoch_printer(trainer, metrics: dict[str, Any]) -> None:
     # per-dimension KLs go to metrics.jsonl and TensorBoard; one line per epoch stays readable
     shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "samples_per_second", "mutual_info_max")
@@ -60,10 +51,7 @@ def _epoch_printer(trainer, metrics: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from aelab.data.base import load_data
-    from aelab.models.base import build_model
-    from aelab.runs import RunConfig, load_run_config
-    from aelab.training.trainer import Trainer
+    from aelab.runs import RunConfig, load_run_config, new_run_dir, train_run
 
     if args.resume:
         if args.model or args.config or args.data:
@@ -80,45 +68,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.data:
             cfg.data.name = args.data
         cfg = cfg.with_overrides(args.set)
-        run_dir = Path(args.out) if args.out else _new_run_dir(cfg)
+        run_dir = Path(args.out) if args.out else new_run_dir(cfg)
         if (run_dir / "trainer_state.safetensors").exists() or (run_dir / "config.json").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
                               "or choose another --out (nothing was overwritten)")
-    data = load_data(cfg.data)
-    cfg.model_config.image_shape = data.info.shape
-    cfg = RunConfig.from_dict(cfg.to_dict())  # re-validate after filling the image shape
-    torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, cfg.model_config)
-    print(f"{'resuming' if args.resume else 'training'} {cfg.model} on {cfg.data.name} "
-          f"({len(data.train)} train / {len(data.test)} test images of shape {data.info.shape}) -> {run_dir}",
-          flush=True)
-    trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir,
-                      on_epoch_end=[_epoch_printer], run_config=cfg.to_dict())
-    trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
-    if not args.resume:
-        trainer.save()  # config + initial weights: the run directory is usable from the start
-    trainer.fit(resume=bool(args.resume))
+
+    def started(trainer) -> None:
+        data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
+        what = f" images of shape {shape}" if shape is not None else " examples"
+        print(f"{'resuming' if args.resume else 'training'} {cfg.model} on {cfg.data.name} "
+              f"({len(data)} train / {len(trainer.test_data)} test{what}) -> {run_dir}", flush=True)
+
+    train_run(cfg, run_dir, resume=bool(args.resume), on_epoch_end=[_epoch_printer], on_start=started)
     print(f"done: {run_dir}")
     return 0
-
-
-def _encode_codes(model, split, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """The code grids of a whole split, one int64 ``(N, h, w)`` tensor per level (top first), on the CPU.
-
-    Filled in place batch by batch (no list of batches to concatenate: peak memory is the result).
-    """
-    from aelab.training.batches import eval_batches
-
-    out = [torch.empty(len(split), *shape, dtype=torch.long) for shape in model.code_shapes]
-    i = 0
-    model.to(device).eval()
-    with torch.no_grad():
-        for x, _ in eval_batches(split, batch_size):
-            codes = model.encode_codes(x.to(device))
-            for level, c in zip(out, [codes] if isinstance(codes, torch.Tensor) else codes):
-                level[i : i + x.shape[0]] = c.cpu()
-            i += x.shape[0]
-    return out
 
 
 def _prior_epoch_printer(trainer, metrics: dict[str, Any]) -> None:
@@ -129,59 +92,22 @@ def _prior_epoch_printer(trainer, metrics: dict[str, Any]) -> None:
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
-    from aelab.config import from_dict, load_json, to_dict
-    from aelab.data.base import load_data
-    from aelab.models.base import CONFIG_NAME, WEIGHTS_NAME
-    from aelab.priors.codes import CodeDataset, build_code_prior, train_code_prior
-    from aelab.runs import PRIOR_DIR, PriorRunConfig, prior_run_config
-    from aelab.training.checkpoint import STATE_NAME
-    from aelab.training.trainer import TrainerConfig, resolve_device
+    from aelab.runs import PRIOR_DIR, train_prior_run
 
     run_dir = Path(args.run_dir)
-    cfg, model = _load_model(args.run_dir)
-    if not _is_vq(model):
-        raise ConfigError(f"{run_dir} is a {cfg.model!r} run, which has no discrete codes; train-prior needs a "
-                          "vqvae or vqvae2 run")
     prior_dir = run_dir / PRIOR_DIR
-    vq_hash = sha256_file(run_dir / WEIGHTS_NAME)
-    if args.resume:
-        if args.name:
-            raise ConfigError("--resume continues the saved prior; leave out --name")
-        if not (prior_dir / STATE_NAME).is_file():
-            raise FileNotFoundError(f"{prior_dir / STATE_NAME} not found: no prior to resume; start one with "
-                                    f"`aelab train-prior {run_dir}`")
-        meta = load_json(prior_dir / CONFIG_NAME)
-        if meta.get("vq_weights_sha256") != vq_hash:
-            raise ConfigError(f"{run_dir / WEIGHTS_NAME} changed since the prior in {prior_dir} was started: its codes "
-                              f"differ; delete {prior_dir} and train a new prior")
-        pcfg = PriorRunConfig(prior=meta["prior"], prior_config=meta["prior_config"],
-                              trainer=from_dict(TrainerConfig, meta.get("trainer", {}), "trainer"))
-        pcfg = pcfg.with_overrides(args.set, trainer_only=True)
-    else:
-        if (prior_dir / STATE_NAME).exists() or (prior_dir / CONFIG_NAME).exists():
-            raise ConfigError(f"{prior_dir} already holds a code prior; continue it with `aelab train-prior {run_dir} "
-                              f"--resume` or delete that directory (nothing was overwritten)")
-        pcfg = prior_run_config(model, args.name, args.set)
-        # a log without a checkpoint is from an attempt stopped before its first save: start it afresh
-        (prior_dir / "metrics.jsonl").unlink(missing_ok=True)
-    data = load_data(cfg.data)
-    device = resolve_device(pcfg.trainer.device)
-    start = time.perf_counter()
-    splits = [_encode_codes(model, split, pcfg.trainer.eval_batch_size, device) for split in (data.train, data.test)]
-    encode_seconds = time.perf_counter() - start
-    # one level: the grid; two: the bottom grid conditioned on the top one (VQVAE2Prior's packing)
-    train, test = (CodeDataset(c[0]) if len(c) == 1 else CodeDataset(c[1], cond=c[0]) for c in splits)
-    torch.manual_seed(pcfg.trainer.seed)
-    prior = build_code_prior(pcfg.prior, pcfg.prior_config)
-    params = sum(p.numel() for p in prior.parameters())
-    grids = " + ".join(f"{h}x{w}" for h, w in model.code_shapes)
-    print(f"{'resuming' if args.resume else 'training'} the {pcfg.prior} code prior ({params / 1e6:.2f}M parameters) "
-          f"on the {grids} codes (K={'/'.join(map(str, model.num_codes))}) of {cfg.model} run {run_dir}: "
-          f"{len(train)} train / {len(test)} test images encoded in {encode_seconds:.1f}s -> {prior_dir}", flush=True)
-    run_config = {"trainer": to_dict(pcfg.trainer) | {"images": False}, "vq_weights_sha256": vq_hash,
-                  "vq_run": {"model": cfg.model, "data": cfg.data.name}}
-    metrics = train_code_prior(prior, train, test, pcfg.trainer, prior_dir, resume=args.resume,
-                               on_epoch_end=[_prior_epoch_printer], run_config=run_config)
+
+    def started(trainer, info: dict[str, Any]) -> None:
+        model, cfg, prior = info["vq_model"], info["vq_config"], trainer.model
+        params = sum(p.numel() for p in prior.parameters())
+        grids = " + ".join(f"{h}x{w}" for h, w in model.code_shapes)
+        print(f"{'resuming' if args.resume else 'training'} the {prior.name} code prior ({params / 1e6:.2f}M "
+              f"parameters) on the {grids} codes (K={'/'.join(map(str, model.num_codes))}) of {cfg.model} run "
+              f"{run_dir}: {len(trainer.train_data)} train / {len(trainer.test_data)} test images encoded in "
+              f"{info['encode_seconds']:.1f}s -> {prior_dir}", flush=True)
+
+    _, metrics = train_prior_run(run_dir, args.name, args.set, args.resume, on_epoch_end=[_prior_epoch_printer],
+                                 on_start=started)
     summary = (f" (test nll {metrics['nll']:.4g} nats per image, {metrics['bits_per_code']:.4g} bits per code)"
                if "nll" in metrics else "")
     print(f"done: {prior_dir}{summary}; sample with `aelab sample {run_dir}`")
@@ -189,10 +115,9 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
 
 
 def _load_model(run_dir: str):
-    from aelab.models.base import Autoencoder
-    from aelab.runs import load_run_config
+    from aelab.runs import load_run
 
-    return load_run_config(run_dir), Autoencoder.from_pretrained(run_dir)
+    return load_run(run_dir)
 
 
 def _load_run(run_dir: str):
@@ -202,48 +127,19 @@ def _load_run(run_dir: str):
     return cfg, model, load_data(cfg.data)
 
 
-def _is_vq(model) -> bool:
-    """Whether the model has discrete code grids (VQ-VAE, VQ-VAE-2)."""
-    return getattr(model, "code_shapes", None) is not None
-
-
 def _attach_code_prior(run_dir: str | Path, model, required: bool):
-    """Load ``RUN_DIR/prior`` and attach it to the VQ model; ``None`` (or an error if ``required``) without one."""
-    from aelab.config import load_json
-    from aelab.models.base import CONFIG_NAME, WEIGHTS_NAME
-    from aelab.priors.codes import load_code_prior
-    from aelab.runs import PRIOR_DIR
+    from aelab.runs import attach_code_prior
 
-    run_dir = Path(run_dir)
-    prior_dir = run_dir / PRIOR_DIR
-    if not (prior_dir / CONFIG_NAME).is_file():
-        if required:
-            raise FileNotFoundError(f"{run_dir} has no code prior ({prior_dir} not found): train one on the run's "
-                                    f"codes first with `aelab train-prior {run_dir}`")
-        return None
-    prior = load_code_prior(prior_dir)
-    levels = tuple(getattr(prior, "levels", (prior,)))
-    if len(levels) != len(model.code_shapes) or any(
-            p.config.num_codes != k or tuple(p.config.grid_shape) != tuple(s)
-            for p, k, s in zip(levels, model.num_codes, model.code_shapes)):
-        raise ConfigError(f"the code prior in {prior_dir} was built for other code grids than the model's "
-                          f"({model.num_codes} codes on {model.code_shapes}); retrain it with `aelab train-prior`")
-    trained_on = load_json(prior_dir / CONFIG_NAME).get("vq_weights_sha256")
-    if trained_on is not None and trained_on != sha256_file(run_dir / WEIGHTS_NAME):
-        print(f"aelab: warning: the code prior in {prior_dir} was trained on the codes of an earlier state of "
-              f"{run_dir / WEIGHTS_NAME}; delete {prior_dir} and run `aelab train-prior {run_dir}` again",
-              file=sys.stderr)
-    model.attach_prior(*levels)
-    return prior
+    return attach_code_prior(run_dir, model, required)
 
 
 def _default_metrics(model, data) -> list[str]:
     names = ["reconstruction"]
-    if _is_vq(model):
+    if model.capabilities.codes:
         # no linear probe by default: the flattened quantised latents are thousands of dimensions wide
         # (64 x 7 x 7 = 3136 for the default VQ-VAE), slow and memory-hungry for full-batch L-BFGS
-        return names + ["codebook"] + (["code_likelihood"] if model.prior is not None else [])
-    if getattr(model, "prior", None) is not None:
+        return names + ["codebook"] + (["code_likelihood"] if model.capabilities.sample else [])
+    if model.capabilities.latent_prior:
         names += ["likelihood", "latent_diagnostics"]
     if data.info.num_classes:
         names.append("linear_probe")
@@ -270,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from aelab.registry import METRICS
 
     cfg, model, data = _load_run(args.run_dir)
-    vq = _is_vq(model)
+    vq = model.capabilities.codes
     if vq:
         _attach_code_prior(args.run_dir, model, required=False)
     names = args.metrics.split(",") if args.metrics else _default_metrics(model, data)
@@ -279,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if vq and name in ("likelihood", "latent_diagnostics"):
             raise ValueError(f"metric {name!r} needs a continuous prior p(z); a {cfg.model} run has discrete codes: "
                              "use code_likelihood (the bound with its code prior) and codebook")
-        if vq and name in ("frechet", "code_likelihood") and model.prior is None:
+        if vq and name in ("frechet", "code_likelihood") and not model.capabilities.sample:
             raise FileNotFoundError(f"metric {name!r} needs the run's code prior: train one first with "
                                     f"`aelab train-prior {args.run_dir}`")
     classifier = apply_overrides(ClassifierConfig(), args.classifier) if args.classifier else None
@@ -322,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "model.likelihood.name=discretized_logistic for a code length)")
     elif vq and "bits_per_dim" in results:
         print("  (bits_per_dim: the bound (recon_nll + prior_nll of the codes) / (C*H*W*ln 2), 8-bit code length)")
-    if vq and model.prior is None:
+    if vq and not model.capabilities.sample:
         print(f"  (no code prior yet: `aelab train-prior {args.run_dir}` enables sampling, frechet and the "
               "likelihood bound)")
     if vq and not args.metrics and data.info.num_classes:
@@ -343,9 +239,9 @@ def _write_figures(run_dir: str, model, data, out: str | None = None) -> list[Pa
 
     out_dir = Path(out) if out else Path(run_dir) / "figures"
     metrics = Path(run_dir) / "metrics.jsonl"
-    if _is_vq(model):
+    if model.capabilities.codes:
         return _write_vq_figures(run_dir, model, data, out_dir, metrics)
-    if getattr(model, "prior", None) is not None:
+    if model.capabilities.latent_prior:
         return write_run_figures(model, data.test, out_dir, class_names=data.info.class_names, metrics=metrics)
     return [plot_training_curves(metrics, out_dir / "training_curves.png")] if metrics.is_file() else []
 
@@ -356,13 +252,13 @@ def _write_vq_figures(run_dir: str, model, data, out_dir: Path, metrics: Path) -
     from aelab.report.figures import plot_training_curves
     from aelab.report.images import reconstruction_grid, save_image_grid
 
-    if model.prior is None:
+    if not model.capabilities.sample:
         _attach_code_prior(run_dir, model, required=False)
     idx = torch.linspace(0, len(data.test) - 1, min(32, len(data.test))).long()  # a spread of test images
-    x, _ = data.test.get_batch(idx)
+    x = data.test.get_batch(idx).x
     written = [save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out_dir / "reconstructions.png",
                                nrow=8, scale=2)]
-    if model.prior is not None:
+    if model.capabilities.sample:
         with evaluation(model, 0):
             written.append(save_image_grid(model.sample(64), out_dir / "samples.png", nrow=8, scale=2))
     else:
@@ -387,7 +283,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from aelab.report.images import save_image_grid
 
     _, model = _load_model(args.run_dir)
-    if _is_vq(model):
+    if model.capabilities.codes:
         prior = _attach_code_prior(args.run_dir, model, required=True)
         temperature = 1.0 if args.temperature is None else args.temperature
         what = f"from the {prior.name} code prior at temperature {temperature:g}"
@@ -395,8 +291,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         def draw() -> torch.Tensor:
             return model.sample(args.n, temperature=temperature)
     else:
-        if model.prior is None:
-            raise ValueError(f"model {model.name!r} has no prior to sample from")
+        require(model, "sample", what="aelab sample")
         if args.temperature is not None:
             raise ValueError("--temperature applies to the code priors of vqvae / vqvae2 runs only")
         what = "from the prior"
@@ -423,8 +318,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     from aelab.report.figures import latent_traversal, plot_traversal, top_dimensions, traversal_values
 
     _, model, data = _load_run(args.run_dir)
-    if model.prior is None:
-        raise ValueError(f"model {model.name!r} has no prior: traversals need one")
+    require(model, "latent_prior", what="aelab traverse")
     if not 0 <= args.index < len(data.test):
         raise ValueError(f"--index must be in [0, {len(data.test)}), got {args.index}")
     stats = collect_latent_statistics(model, data.test, limit=2000)
@@ -435,7 +329,8 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     else:
         dims = top_dimensions(stats, args.n_dims)
     t, values = traversal_values(model, args.steps, args.span)
-    x, y = data.test.get_batch(torch.tensor([args.index]))
+    b = data.test.get_batch(torch.tensor([args.index]))
+    x, y = b.x, b.y
     with evaluation(model, 0):
         images = latent_traversal(model, x, dims, values)
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures" / f"traversal_{args.index}.png"
@@ -455,7 +350,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     split = data.test if args.split == "test" else data.train
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(split), generator=g)[: args.n]
-    x, _ = split.get_batch(idx)
+    x = split.get_batch(idx).x
     out = Path(args.out) if args.out else Path(args.run_dir) / "images" / "reconstructions.png"
     save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out, nrow=8, scale=2)
     print(f"wrote {out} ({len(idx)} {args.split} images: odd rows input, even rows reconstruction)")
@@ -488,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tp = command("train-prior", help="train a code prior on a vqvae / vqvae2 run's codes (into RUN_DIR/prior)")
     tp.add_argument("run_dir", help="a vqvae or vqvae2 run directory")
-    tp.add_argument("--name", choices=["pixelcnn", "pixelsnail", "vqvae2"],
+    tp.add_argument("--name", choices=["pixelcnn", "pixelsnail", "vqvae2_prior"],
                     help="code prior (default: pixelcnn for vqvae, vqvae2 (PixelSNAIL top, conditioned PixelCNN "
                     "bottom) for vqvae2)")
     tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

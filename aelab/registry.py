@@ -1,4 +1,4 @@
-"""Name -> object registries for models, data sets, likelihoods, priors and metrics.
+"""Name -> object registries for models, data sets, likelihoods, priors, metrics and epoch callbacks.
 
 The CLI, ``from_pretrained`` and the contract tests discover components here, so adding
 a model is a decorated function in one file, never a new branch in an if/elif chain.
@@ -58,6 +58,11 @@ class Registry(Generic[T]):
                 f"{', '.join(sorted(self._items))}{hint}"
             ) from None
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (e.g. a component registered by a test); returns what it held."""
+        self._help.pop(name, None)
+        return self._items.pop(name)
+
     def describe(self, name: str) -> str:
         return self._help.get(name, "")
 
@@ -80,4 +85,7 @@ LIKELIHOODS: Registry = Registry("likelihood")
 PRIORS: Registry = Registry("prior")
 METRICS: Registry = Registry("metric")
 BACKBONES: Registry = Registry("backbone")
-CODE_PRIORS: Registry = Registry("code prior")  # autoregressive priors over VQ code grids
+#: per-epoch evaluations a model family names in its registry entry: f(model, split, trainer_cfg) -> dict
+EPOCH_EVALUATIONS: Registry = Registry("epoch evaluation")
+#: per-epoch pictures a model family names in its registry entry: f(model, split, out_dir, epoch, class_names)
+EPOCH_FIGURES: Registry = Registry("epoch figures")

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from aelab.batch import Batch
 from aelab.io import atomic_write_text
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.nn.linear import cpu_gemm, linear
 
 RESULT = Path(__file__).resolve().parent / "results" / "cpu_gemm.json"
@@ -65,7 +66,7 @@ def vae_step_case():
 
     def run() -> None:
         i = state["i"] = (state["i"] + 1) % 60
-        out = model.loss(data[i * 100:(i + 1) * 100], i)
+        out = model.loss(Batch(data[i * 100:(i + 1) * 100]), i)
         out.loss.item()
         opt.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -34,7 +34,7 @@ from aelab.metrics.clustering import clustering_metric
 from aelab.metrics.disentanglement import disentanglement_metric
 from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
 from aelab.metrics.sparsity import sparsity_metric
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.report.figures import plot_latent_scatter, write_run_figures
 from aelab.training.trainer import Trainer, TrainerConfig
 

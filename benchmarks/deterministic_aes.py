@@ -26,7 +26,7 @@ import aelab
 from aelab.data.base import DataConfig, load_data
 from aelab.metrics.probe import linear_probe
 from aelab.metrics.reconstruction import encode_dataset, evaluate_reconstruction
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,8 +52,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig(name=args.data, root=args.data_dir, train_subset=args.train_subset))
-    x_tr, y_tr = data.train.get_batch(torch.arange(len(data.train)))
-    x_te, y_te = data.test.get_batch(torch.arange(len(data.test)))
+    batch = data.train.get_batch(torch.arange(len(data.train)))
+    x_tr, y_tr = batch.x, batch.y
+    batch = data.test.get_batch(torch.arange(len(data.test)))
+    x_te, y_te = batch.x, batch.y
     t0 = time.perf_counter()
     raw = linear_probe(x_tr.flatten(1), y_tr, x_te.flatten(1), y_te)
     results = {"raw_pixels": {"probe_test_acc": raw["probe_test_acc"], "probe_seconds": time.perf_counter() - t0}}

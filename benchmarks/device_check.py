@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 import aelab
+from aelab.batch import Batch
 from aelab.data.base import DataConfig, load_data
 from aelab.io import atomic_write_text
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 MODELS: dict[str, dict] = {
@@ -86,7 +87,7 @@ def main() -> None:
                     "accelerator": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
                     "models": {}}
     base = dict(epochs=1, batch_size=128, images=False, progress=False, checkpoint_every=40, seed=0)
-    x0 = data.train.get_batch(torch.arange(128))[0]
+    x0 = data.train.get_batch(torch.arange(128)).x
     for name in args.models.split(","):
         row: dict = {}
         for precision in ("fp32", "bf16"):
@@ -101,10 +102,10 @@ def main() -> None:
         # the same weights and batch give the same loss on both devices (eval mode: no dropout/EMA updates)
         m = _build(name, data.info.shape).eval()
         torch.manual_seed(1)
-        cpu_loss = m.loss(x0, step=0).per_example
+        cpu_loss = m.loss(Batch(x0), step=0).per_example
         m.to(args.device)
         torch.manual_seed(1)
-        dev_loss = m.loss(x0.to(args.device), step=0).per_example.cpu()
+        dev_loss = m.loss(Batch(x0.to(args.device)), step=0).per_example.cpu()
         rel = (dev_loss - cpu_loss).abs() / cpu_loss.abs().clamp_min(1e-6)
         row["cpu_vs_device_loss_max_rel_diff"] = rel.max().item()
         with tempfile.TemporaryDirectory() as tmp:

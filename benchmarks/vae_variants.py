@@ -28,7 +28,7 @@ from aelab.data.base import DataConfig, load_data
 from aelab.io import atomic_write_text
 from aelab.metrics.latent import latent_diagnostics
 from aelab.metrics.likelihood import likelihood_metric
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

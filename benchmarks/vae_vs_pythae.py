@@ -80,7 +80,7 @@ import aelab
 from aelab.data.base import DataConfig, load_data
 from aelab.io import atomic_write_text
 from aelab.metrics.likelihood import iwae_log_likelihood
-from aelab.models.base import Autoencoder, build_model
+from aelab.models import Autoencoder, build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 HERE = Path(__file__).resolve().parent
@@ -179,7 +179,7 @@ def negative_elbo(model: Autoencoder, x: Tensor, batch_size: int = 1000) -> Tens
     This is the VAE's own objective at beta = 1, i.e. what aelab's Trainer evaluates.
     """
     model.eval()
-    return torch.cat([model.loss(xb).per_example for xb in x.split(batch_size)])
+    return torch.cat([model.loss(aelab.Batch(xb)).per_example for xb in x.split(batch_size)])
 
 
 @torch.no_grad()

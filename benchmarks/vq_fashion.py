@@ -36,14 +36,16 @@ import torch
 
 import aelab
 from aelab.data.base import DataConfig, load_data
+from aelab.data.codes import CodeDataset
 from aelab.io import atomic_write_text
+from aelab.metrics.evaluation import evaluate_loss_terms
 from aelab.metrics.generative import generative_metric
 from aelab.metrics.likelihood import likelihood_metric
 from aelab.metrics.reconstruction import evaluate_reconstruction
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.nn.backbones import num_parameters
-from aelab.priors.codes import CodeDataset, build_code_prior, evaluate_code_prior, train_code_prior
 from aelab.report.images import save_image_grid
+from aelab.runs import code_dataset, encode_codes
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,35 +63,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def encode_all(model, data, device: torch.device, batch_size: int = 1000) -> list[torch.Tensor]:
-    """Code grids of a whole split, one int64 tensor per level (top first), on the CPU."""
-    levels: list[list[torch.Tensor]] = []
-    for start in range(0, len(data), batch_size):
-        x, _ = data.get_batch(torch.arange(start, min(start + batch_size, len(data))))
-        codes = model.encode_codes(x.to(device))
-        codes = [codes] if isinstance(codes, torch.Tensor) else list(codes)
-        for i, c in enumerate(codes):
-            if len(levels) <= i:
-                levels.append([])
-            levels[i].append(c.cpu())
-    return [torch.cat(parts) for parts in levels]
-
-
 def code_prior_for(model, args: argparse.Namespace):
     shapes, ks = model.code_shapes, model.num_codes
     width = {"channels": args.prior_channels, "layers": args.prior_layers}
     if len(shapes) == 1:
-        return build_code_prior("pixelcnn", num_codes=ks[0], grid_shape=shapes[0], **width)
+        return build_model("pixelcnn", num_codes=ks[0], grid_shape=shapes[0], **width)
     top = {"num_codes": ks[0], "grid_shape": shapes[0], "channels": args.prior_channels}
-    return build_code_prior("vqvae2", top=top, bottom={"num_codes": ks[1], "grid_shape": shapes[1], **width})
+    return build_model("vqvae2_prior", top=top, bottom={"num_codes": ks[1], "grid_shape": shapes[1], **width})
 
 
 def code_datasets(model, data, device) -> tuple[CodeDataset, CodeDataset]:
     out = []
     for split in (data.train, data.test):
-        levels = encode_all(model, split, device)
-        out.append(CodeDataset(levels[0]) if len(levels) == 1 else CodeDataset(levels[1], cond=levels[0]))
+        out.append(code_dataset(encode_codes(model, split, 500, device)))
     return out[0], out[1]
 
 
@@ -122,14 +108,14 @@ def run_model(name: str, data, args: argparse.Namespace, device: torch.device) -
         pcfg = TrainerConfig(epochs=args.prior_epochs, batch_size=128, lr=args.prior_lr, device=args.device,
                              seed=args.seed, progress=False, images=False)
         t0 = time.perf_counter()
-        train_code_prior(prior, train_codes, test_codes, pcfg)
+        Trainer(prior, train_codes, test_codes, pcfg).fit()
         row["prior_parameters"] = num_parameters(prior)
         row["prior_train_seconds"] = time.perf_counter() - t0
         prior.eval()
-        ev = evaluate_code_prior(prior, test_codes)
+        ev = evaluate_loss_terms(prior, test_codes)
         row |= {f"prior_{k}": v for k, v in ev.items()}
         row["bits_per_dim_bound"] = (rec["recon"] + ev["nll"]) / dims_ln2
-        model.attach_prior(*(prior.levels if hasattr(prior, "levels") else (prior,)))
+        model.attach_prior(*prior.levels)
     else:
         lik = likelihood_metric(model, data.test, k=args.iwae_k, limit=args.iwae_limit)
         nll = lik[f"nll_iwae_k{args.iwae_k}"]

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from aelab.batch import Batch
+from aelab.registry import MODELS
+
 REPO = Path(__file__).resolve().parents[1]
 # tests and CI read the real data sets beside the checkout unless told otherwise
 os.environ.setdefault("AELAB_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -20,8 +23,20 @@ torch.set_num_threads(1)
 TINY_SHAPE = (1, 12, 10)
 
 
+#: the code grid of the tiny code-prior configs
+TINY_GRID = (3, 4)
+
+
 def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     """Smallest sensible config for each registered model, for the contract tests."""
+    code = {"num_codes": 5, "grid_shape": TINY_GRID, "channels": 8, "kernel_size": 3}
+    if name == "pixelcnn":
+        return code | {"layers": 2}
+    if name == "pixelsnail":
+        return code | {"layers": 1, "blocks": 1, "heads": 2}
+    if name == "vqvae2_prior":
+        return {"top": code | {"grid_shape": (2, 2), "layers": 1, "blocks": 1, "heads": 2},
+                "bottom": code | {"layers": 2, "cond_channels": 4}}
     if name in ("vqvae", "vqvae2"):  # spatial code grids: no backbone kind (3 x 2 bottom grid, 1 x 1 top)
         cfg = {"image_shape": TINY_SHAPE, "embedding_dim": 3, "num_codes": 8, "channels": (4, 8),
                "res_blocks": 1, "res_channels": 4, "quantizer": {"dead_after": 3, "kmeans_iters": 2}}
@@ -38,11 +53,23 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     return cfg
 
 
-def train_steps(model, batch: torch.Tensor, steps: int, lr: float) -> tuple[float, float]:
+def tiny_inputs(name: str, n: int = 5) -> Batch:
+    """A seeded batch of ``n`` examples for model ``name``'s tiny config (by its registered family)."""
+    g = torch.Generator().manual_seed(0)
+    if MODELS.get(name).family == "code prior":
+        if name == "vqvae2_prior":
+            return Batch(torch.randint(0, 5, (n, *TINY_GRID), generator=g), torch.full((n,), -1),
+                         cond=torch.randint(0, 5, (n, 2, 2), generator=g))
+        return Batch(torch.randint(0, 5, (n, *TINY_GRID), generator=g), torch.full((n,), -1))
+    return Batch(torch.rand(n, *TINY_SHAPE, generator=g), torch.zeros(n, dtype=torch.long))
+
+
+def train_steps(model, batch: torch.Tensor | Batch, steps: int, lr: float) -> tuple[float, float]:
     """Seeded evaluation loss before and after ``steps`` Adam steps on one fixed batch.
 
     Evaluation uses the same seed both times, so stochastic models (VAEs) compare like with like.
     """
+    batch = batch if isinstance(batch, Batch) else Batch(batch)
     def eval_loss() -> float:
         model.eval()
         torch.manual_seed(0)

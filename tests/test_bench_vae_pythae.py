@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from aelab.batch import Batch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import vae_pythae_streams as streams  # noqa: E402
 import vae_vs_pythae as bench  # noqa: E402
@@ -107,7 +109,7 @@ def test_replica_loss_is_the_same_objective_with_either_cross_entropy():
     # and aelab's VAE with the same weights and the same noise computes the same -ELBO
     model = bench.aelab_from_pythae(plain.pythae_weights()).train()
     torch.manual_seed(1)
-    torch.testing.assert_close(model.loss(x).loss, b, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(model.loss(Batch(x)).loss, b, rtol=1e-5, atol=1e-3)
 
 
 def test_arms_are_parsed_or_refused():

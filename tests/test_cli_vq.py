@@ -73,9 +73,9 @@ def test_vqvae_train_prior_sample_eval_figures(vq_run, tmp_path, env, capsys):
     assert "epoch 2 step 12: test nll=" in proc.stdout and "bits_per_code=" in proc.stdout
     prior = run / "prior"
     meta = json.loads((prior / "config.json").read_text())
-    assert meta["prior"] == "pixelcnn" and meta["prior_config"]["num_codes"] == 16
-    assert meta["prior_config"]["grid_shape"] == [7, 7] and meta["prior_config"]["channels"] == 8
-    assert meta["trainer"]["epochs"] == 2 and len(meta["vq_weights_sha256"]) == 64
+    assert meta["model"] == "pixelcnn" and meta["model_config"]["num_codes"] == 16
+    assert meta["model_config"]["grid_shape"] == [7, 7] and meta["model_config"]["channels"] == 8
+    assert meta["trainer"]["epochs"] == 2 and len(meta["parent"]["weights_sha256"]) == 64
     records = [json.loads(ln) for ln in (prior / "metrics.jsonl").read_text().splitlines()]
     test_nll = [r["nll"] for r in records if r["split"] == "test"]
     assert len(test_nll) == 2 and all(math.isfinite(v) and v > 0 for v in test_nll)
@@ -118,9 +118,9 @@ def test_vqvae2_train_prior_sample_eval(tmp_path, env, shared_data):
     aelab(env, "train", "vqvae2", *DATA, *VQ, "--set", "model.top_channels=8", "--set", "trainer.images=false",
           "--out", str(run))
     proc = aelab(env, "train-prior", str(run), *VQVAE2_PRIOR)
-    assert "training the vqvae2 code prior" in proc.stdout and "3x3 + 7x7 codes" in proc.stdout
+    assert "training the vqvae2_prior code prior" in proc.stdout and "3x3 + 7x7 codes" in proc.stdout
     assert "nll_top=" in proc.stdout and "nll_bottom=" in proc.stdout
-    cfg = json.loads((run / "prior" / "config.json").read_text())["prior_config"]
+    cfg = json.loads((run / "prior" / "config.json").read_text())["model_config"]
     assert cfg["top"]["grid_shape"] == [3, 3] and cfg["bottom"]["grid_shape"] == [7, 7]
     assert cfg["bottom"]["cond_codes"] == 16 and cfg["bottom"]["cond_shape"] == [3, 3]
 
@@ -158,7 +158,7 @@ def test_train_prior_resume_is_exact(vq_run, tmp_path, env):
 
 def _run(path: Path, name: str) -> Path:
     """A saved (untrained) run of a model with continuous latents: no discrete codes."""
-    from aelab.models.base import build_model
+    from aelab.models import build_model
 
     model = build_model(name, image_shape=(1, 28, 28), latent_dim=2, backbone={"hidden": (8,)})
     model.save_pretrained(path, extra_config={"data": {"name": "fashion-mnist"}})
@@ -172,13 +172,13 @@ def _run(path: Path, name: str) -> Path:
     (["train-prior", "{vq}", "--set", "prior.chanels=8"], "unknown config key 'chanels'"),
     (["train-prior", "{vq}", "--set", "model.latent_dim=8"], "must start with prior. or trainer."),
     (["train-prior", "{vq}", "--set", "prior.num_codes=8"], "come from the VQ model"),
-    (["train-prior", "{vq}", "--name", "vqvae2"], "does not fit a model with 1 code grid"),
+    (["train-prior", "{vq}", "--name", "vqvae2_prior"], "does not fit a model with 1 code grid"),
     (["train-prior", "{vq}", "--resume"], "no prior to resume"),
     (["sample", "{vq}"], "has no code prior"),
     (["sample", "{vq}"], "aelab train-prior"),
     (["eval", "{vq}", "--metrics", "frechet"], "needs the run's code prior"),
     (["eval", "{vq}", "--metrics", "likelihood"], "needs a continuous prior"),
-    (["sample", "{ae}"], "has no prior to sample from"),
+    (["sample", "{ae}"], "lacks a prior to sample from"),
     (["sample", "{vae}", "--temperature", "0.5"], "--temperature applies to the code priors"),
 ])
 def test_errors_are_clear(command, message, vq_run, tmp_path, capsys):

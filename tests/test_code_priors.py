@@ -16,22 +16,20 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from aelab.batch import Batch
 from aelab.config import ConfigError, apply_overrides
+from aelab.data.codes import CodeDataset
+from aelab.metrics.evaluation import evaluate_loss_terms
 from aelab.nn.attention import CausalSelfAttention, sinusoidal_encoding_2d
 from aelab.nn.pixelcnn import GatedPixelCNN
 from aelab.priors.codes import (
-    CodeDataset,
     CodePrior,
     VQVAE2Prior,
-    build_code_prior,
     code_prior_config,
-    evaluate_code_prior,
-    load_code_prior,
-    pack_codes,
-    train_code_prior,
 )
-from aelab.registry import CODE_PRIORS
-from aelab.training.trainer import TrainerConfig
+from aelab.protocol import build_model, from_pretrained
+from aelab.registry import MODELS
+from aelab.training.trainer import Trainer, TrainerConfig
 
 K = 5
 GRID = (4, 5)
@@ -43,11 +41,11 @@ def tiny(name: str, **kw) -> CodePrior:
         base |= {"layers": 3}
     else:
         base |= {"layers": 1, "blocks": 2, "heads": 2}
-    return build_code_prior(name, **(base | kw))
+    return build_model(name, **(base | kw))
 
 
 def tiny_vqvae2(num_classes: int = 0, top=(3, 3), bottom=(4, 5)) -> VQVAE2Prior:
-    return build_code_prior("vqvae2", top={"num_codes": 3, "grid_shape": top, "channels": 8, "heads": 2, "blocks": 1,
+    return build_model("vqvae2_prior", top={"num_codes": 3, "grid_shape": top, "channels": 8, "heads": 2, "blocks": 1,
                                            "layers": 1, "num_classes": num_classes},
                             bottom={"num_codes": K, "grid_shape": bottom, "channels": 8, "layers": 2,
                                     "kernel_size": 3, "cond_channels": 6, "num_classes": num_classes})
@@ -103,7 +101,7 @@ def test_pixelcnn_receptive_field_is_exactly_the_causal_cone(kernel_size, layers
     that L layers of kernel k reach: rows r - L p .. r - 1 at columns c +- L p (upper right included:
     no blind spot), and row r at columns c - L p .. c - 1."""
     grid = (6, 8)
-    prior = build_code_prior("pixelcnn", num_codes=K, grid_shape=grid, channels=6, layers=layers,
+    prior = build_model("pixelcnn", num_codes=K, grid_shape=grid, channels=6, layers=layers,
                              kernel_size=kernel_size, num_classes=2)
     reach = layers * (kernel_size // 2)
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
@@ -120,7 +118,7 @@ def test_pixelcnn_receptive_field_is_exactly_the_causal_cone(kernel_size, layers
 @pytest.mark.parametrize("positional", ["learned", "fixed"])
 def test_pixelsnail_logits_depend_on_every_earlier_code_and_nothing_else(positional):
     grid = (4, 6)
-    prior = build_code_prior("pixelsnail", num_codes=K, grid_shape=grid, channels=8, blocks=1, layers=1, heads=2,
+    prior = build_model("pixelsnail", num_codes=K, grid_shape=grid, channels=8, blocks=1, layers=1, heads=2,
                              kernel_size=3, positional=positional, cond_codes=3, cond_shape=(2, 2), cond_channels=4)
     cond = torch.randint(0, 3, (1, 2, 2))
     for r, c in itertools.product(range(grid[0]), range(grid[1])):
@@ -199,7 +197,7 @@ def test_log_prob_is_the_sum_of_per_position_log_probs_given_only_earlier_codes(
         expected += F.log_softmax(logits, dim=1).gather(1, codes[:, r, c, None]).squeeze(1)
     torch.testing.assert_close(prior.log_prob(codes, **cond), expected, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(prior(codes, **cond).log_prob(codes), expected, atol=1e-4, rtol=1e-5)
-    out = prior.loss(pack_codes(codes, cond.get("cond"), cond.get("y")))
+    out = prior.loss(Batch(codes, cond.get("y"), cond=cond.get("cond")))
     torch.testing.assert_close(out.per_example, -expected, atol=1e-4, rtol=1e-5)
     assert out.per_example.shape == (4,)
     torch.testing.assert_close(out.terms["bits_per_code"], -expected.mean() / (height * width * math.log(2)))
@@ -229,8 +227,8 @@ def test_conditioning_is_required_and_checked():
         prior.log_prob(codes, y=1)
     with pytest.raises(ValueError, match="cond must have shape"):
         prior.log_prob(codes, cond=torch.zeros(2, 3, 3, dtype=torch.long), y=1)
-    with pytest.raises(ValueError, match="packed batch"):
-        prior.loss(codes)
+    with pytest.raises(ValueError, match="pass cond"):
+        prior.loss(Batch(codes, torch.ones(2, dtype=torch.long)))
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 5\)"):
         tiny("pixelcnn").log_prob(torch.full((1, *GRID), K))
     with pytest.raises(ValueError, match="shape"):
@@ -263,7 +261,7 @@ def test_sample_frequencies_match_the_enumerated_joint(name, temperature):
     ignored earlier codes would draw) lies several noise levels away."""
     k, grid = 3, (2, 2)
     kw = {"layers": 2} if name == "pixelcnn" else {"layers": 1, "blocks": 1, "heads": 2}
-    prior = build_code_prior(name, num_codes=k, grid_shape=grid, channels=8, kernel_size=3, **kw).eval()
+    prior = build_model(name, num_codes=k, grid_shape=grid, channels=8, kernel_size=3, **kw).eval()
     with torch.no_grad():
         for p in prior.net.parameters():  # larger weights: a peaked, strongly dependent distribution
             p.mul_(3.0)
@@ -300,7 +298,7 @@ def test_vqvae2_prior_is_top_times_bottom_given_top(top):
     y = torch.tensor([0, 1, 1, 0, 1])
     expected = prior.top.log_prob(t, y=y) + prior.bottom.log_prob(b, cond=t, y=y)
     torch.testing.assert_close(prior.log_prob(t, b, y), expected)
-    out = prior.loss(pack_codes(b, t, y))
+    out = prior.loss(Batch(b, y, cond=t))
     torch.testing.assert_close(out.per_example, -expected)
     assert set(out.terms) == {"nll_top", "nll_bottom", "bits_per_code"}
     # greedy: the top is the top prior's mode, the bottom the bottom prior's mode given that top
@@ -310,12 +308,13 @@ def test_vqvae2_prior_is_top_times_bottom_given_top(top):
 
 
 def test_vqvae2_config_derives_the_bottom_conditioning_from_the_top():
-    cfg = code_prior_config("vqvae2")
+    cfg = code_prior_config("vqvae2_prior")
     cfg = apply_overrides(cfg, ["top.num_codes=64", "top.grid_shape=3,5"])
     assert cfg.bottom.cond_codes == 64 and cfg.bottom.cond_shape == (3, 5)
     with pytest.raises(ConfigError, match="heads"):
         apply_overrides(cfg, ["top.heads=3"])  # 128 channels are not a multiple of 3 heads
-    assert {"pixelcnn", "pixelsnail", "vqvae2"} <= set(CODE_PRIORS.names())
+    assert {"pixelcnn", "pixelsnail", "vqvae2_prior"} <= set(MODELS.names())
+    assert all(MODELS.get(n).family == "code prior" for n in ("pixelcnn", "pixelsnail", "vqvae2_prior"))
 
 
 # --- training through the shared trainer -------------------------------------------------------
@@ -356,10 +355,10 @@ def test_training_approaches_the_true_entropy_and_greedy_samples_follow_the_chai
     codes, entropy = markov_grids(1536, k, grid, stay=0.85, seed=0)
     train, test = CodeDataset(codes[:1024]), CodeDataset(codes[1024:])
     torch.manual_seed(0)
-    prior = build_code_prior("pixelcnn", num_codes=k, grid_shape=grid, channels=16, layers=3, kernel_size=3)
-    before = evaluate_code_prior(prior, test)
+    prior = build_model("pixelcnn", num_codes=k, grid_shape=grid, channels=16, layers=3, kernel_size=3)
+    before = evaluate_loss_terms(prior, test)
     cfg = TrainerConfig(epochs=12, batch_size=64, lr=1e-2, progress=False, checkpoint_every=10_000)
-    metrics = train_code_prior(prior, train, test, cfg, tmp_path / "prior")
+    metrics = Trainer(prior, train, test, cfg, tmp_path / "prior").fit()
     uniform = grid[0] * grid[1] * math.log(k)
     truth = -markov_log_prob(codes[1024:], k, stay=0.85).mean().item()  # the true chain's NLL on this split
     assert truth == pytest.approx(entropy, rel=0.03)
@@ -371,7 +370,7 @@ def test_training_approaches_the_true_entropy_and_greedy_samples_follow_the_chai
     steps = torch.cat([(greedy[:, :, 1:] - greedy[:, :, :-1]).flatten(1), greedy[:, 1:, 0] - greedy[:, :-1, 0]], 1)
     assert ((steps % k) == 1).all()  # every code is its parent's most likely successor
     # the run directory holds a loadable prior and the evaluation records
-    loaded = load_code_prior(tmp_path / "prior")
+    loaded = from_pretrained(tmp_path / "prior")
     torch.testing.assert_close(loaded.log_prob(codes[:8]), prior.log_prob(codes[:8]))
     records = [json.loads(line) for line in (tmp_path / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert {"nll", "bits_per_code"} <= set(records[-1])
@@ -381,7 +380,7 @@ def test_resumed_training_of_a_vqvae2_prior_is_exact(tmp_path):
     top = torch.randint(0, 3, (40, 3, 3))
     bottom = torch.randint(0, K, (40, *GRID))
     y = torch.arange(40) % 2
-    data = CodeDataset(bottom, cond=top, labels=y, class_conditional=True)
+    data = CodeDataset(bottom, cond=top, labels=y)
     cfg = TrainerConfig(epochs=2, batch_size=16, progress=False, checkpoint_every=10_000)
 
     def fresh() -> VQVAE2Prior:
@@ -389,19 +388,19 @@ def test_resumed_training_of_a_vqvae2_prior_is_exact(tmp_path):
         return tiny_vqvae2(num_classes=2)
 
     straight = fresh()
-    train_code_prior(straight, data, data, cfg, tmp_path / "a")
-    train_code_prior(fresh(), data, data, TrainerConfig(epochs=1, batch_size=16, progress=False), tmp_path / "b")
+    Trainer(straight, data, data, cfg, tmp_path / "a").fit()
+    Trainer(fresh(), data, data, TrainerConfig(epochs=1, batch_size=16, progress=False), tmp_path / "b").fit()
     resumed = fresh()  # a different process would start from a fresh init too: the checkpoint overwrites it
-    metrics = train_code_prior(resumed, data, data, cfg, tmp_path / "b", resume=True)
+    metrics = Trainer(resumed, data, data, cfg, tmp_path / "b").fit(resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     assert set(metrics) >= {"nll", "nll_top", "nll_bottom", "bits_per_code"}
-    loaded = load_code_prior(tmp_path / "b")
+    loaded = from_pretrained(tmp_path / "b")
     assert isinstance(loaded, VQVAE2Prior)
     batch = (top[:4], bottom[:4], y[:4])
     torch.testing.assert_close(loaded.log_prob(*batch), resumed.eval().log_prob(*batch))
-    with pytest.raises(ValueError, match="class-conditional"):
-        train_code_prior(tiny_vqvae2(), data, None, cfg)
+    with pytest.raises(ValueError, match="labels must be in"):  # a class-conditional prior needs the labels
+        fresh().loss(CodeDataset(bottom, cond=top).get_batch(torch.arange(4)))
 
 
 # --- persistence -------------------------------------------------------------------------------
@@ -413,8 +412,8 @@ def test_save_load_round_trip(name, kw, tmp_path):
             p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
     prior.save_pretrained(tmp_path, extra_config={"source_run": "runs/vq"})
     meta = json.loads((tmp_path / "config.json").read_text())
-    assert meta["prior"] == name and meta["source_run"] == "runs/vq"
-    loaded = load_code_prior(tmp_path)
+    assert meta["model"] == name and meta["source_run"] == "runs/vq"
+    loaded = from_pretrained(tmp_path)
     assert not loaded.training and loaded.config == prior.config
     codes = torch.randint(0, K, (3, *GRID))
     cond = conditioning(prior, 3)
@@ -422,10 +421,10 @@ def test_save_load_round_trip(name, kw, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_loading_a_model_directory_says_what_it_is(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model": "vqvae", "model_config": {}}))
-    with pytest.raises(ConfigError, match="holds a model"):
-        load_code_prior(tmp_path)
+def test_loading_a_directory_without_a_model_says_what_it_is(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"prior": "pixelcnn"}))
+    with pytest.raises(ConfigError, match="'model' and 'model_config'"):
+        from_pretrained(tmp_path)
 
 
 def test_pixelcnn_accepts_any_grid_size():
@@ -434,15 +433,16 @@ def test_pixelcnn_accepts_any_grid_size():
         assert net(torch.randint(0, K, (2, *shape))).shape == (2, K, *shape)
 
 
-def test_code_dataset_packs_what_the_prior_unpacks():
+def test_code_dataset_serves_codes_conditioning_and_labels():
     codes, top, y = torch.randint(0, K, (6, *GRID)), torch.randint(0, 3, (6, 2, 2)), torch.arange(6) % 3
-    ds = CodeDataset(codes, cond=top, labels=y, class_conditional=True)
-    x, yb = ds.get_batch(torch.tensor([5, 0]))
-    assert torch.equal(x, pack_codes(codes[[5, 0]], top[[5, 0]], y[[5, 0]])) and torch.equal(yb, y[[5, 0]])
+    ds = CodeDataset(codes, cond=top, labels=y)
+    batch = ds.get_batch(torch.tensor([5, 0]))
+    assert torch.equal(batch.x, codes[[5, 0]]) and torch.equal(batch.cond, top[[5, 0]])
+    assert torch.equal(batch.y, y[[5, 0]])
     sub = ds.subset(torch.tensor([2, 3]))
-    assert len(sub) == 2 and torch.equal(sub.get_batch(torch.tensor([1]))[0], ds.get_batch(torch.tensor([3]))[0])
+    assert len(sub) == 2 and torch.equal(sub.get_batch(torch.tensor([1])).x, ds.get_batch(torch.tensor([3])).x)
     plain = CodeDataset(codes, labels=y)
-    assert torch.equal(plain.get_batch(torch.tensor([1]))[0], codes[[1]])
+    assert torch.equal(plain.get_batch(torch.tensor([1])).x, codes[[1]])
 
 
 def test_priors_fit_the_vqvae2_model_code_api():
@@ -453,13 +453,13 @@ def test_priors_fit_the_vqvae2_model_code_api():
 
     model = build_model("vqvae2", **tiny_overrides("vqvae2")).eval()
     (top_shape, bottom_shape), (k_top, k_bottom) = model.code_shapes, model.num_codes
-    prior = build_code_prior("vqvae2", top={"num_codes": k_top, "grid_shape": top_shape, "channels": 8, "heads": 2,
+    prior = build_model("vqvae2_prior", top={"num_codes": k_top, "grid_shape": top_shape, "channels": 8, "heads": 2,
                                             "blocks": 1},
                              bottom={"num_codes": k_bottom, "grid_shape": bottom_shape, "channels": 8, "layers": 2,
                                      "kernel_size": 3, "cond_channels": 4})
     with torch.no_grad():
         top, bottom = model.encode_codes(torch.rand(6, *TINY_SHAPE))
-    x, _ = CodeDataset(bottom, cond=top).get_batch(torch.arange(6))
-    assert torch.isfinite(prior.loss(x).loss)
+    batch = CodeDataset(bottom, cond=top).get_batch(torch.arange(6))
+    assert torch.isfinite(prior.loss(batch).loss)
     model.attach_prior(*prior.levels)
     assert model.sample(3).shape == (3, *TINY_SHAPE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aelab.config import ConfigError, apply_overrides, from_dict, to_dict
-from aelab.models.base import build_model, model_config
+from aelab.models import build_model, model_config
 from aelab.registry import UnknownNameError
 from aelab.runs import RunConfig
 from aelab.training.trainer import TrainerConfig

@@ -39,7 +39,8 @@ def test_fashion_mnist_loads_with_the_right_shapes_and_balanced_labels(fashion) 
     assert fashion.info.shape == fashion.train.shape == fashion.test.shape == (1, 28, 28)
     assert fashion.info.num_classes == 10 and fashion.info.class_names[0] == "T-shirt/top"
     assert fashion.train.x.dtype == torch.uint8  # storage stays compact
-    x, y = fashion.train.get_batch(torch.arange(0, 60_000, 97))
+    batch = fashion.train.get_batch(torch.arange(0, 60_000, 97))
+    x, y = batch.x, batch.y
     assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
     assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
@@ -107,12 +108,13 @@ def test_data_config_round_trips_through_the_config_system() -> None:
 def test_tensor_dataset_keeps_uint8_and_scales_batches() -> None:
     x = torch.arange(6 * 3 * 2 * 5, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(6, 3, 2, 5)
     ds = TensorImageDataset(x, torch.arange(6))
-    xb, yb = ds.get_batch(torch.tensor([4, 1]))
+    batch = ds.get_batch(torch.tensor([4, 1]))
+    xb, yb = batch.x, batch.y
     assert torch.allclose(xb, x[[4, 1]].float() / 255) and yb.tolist() == [4, 1]
     sub = ds.subset(torch.tensor([5, 0]))
     assert isinstance(sub, TensorImageDataset) and sub.y.tolist() == [5, 0] and sub.x.dtype == torch.uint8
     view = Subset(ds, torch.tensor([2, 3, 4])).subset(torch.tensor([2]))
-    assert view.get_batch(torch.tensor([0]))[1].tolist() == [4]
+    assert view.get_batch(torch.tensor([0])).y.tolist() == [4]
     with pytest.raises(ValueError, match="uint8"):
         TensorImageDataset(x.float(), torch.arange(6))
     with pytest.raises(ValueError, match=r"\(N,\)"):

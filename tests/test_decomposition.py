@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
+from aelab.batch import Batch
 from aelab.likelihoods import mean_image
 from aelab.losses.terms import aggregate_log_density, imq_mmd_per_dimension
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.outputs import ModelOutput
 from aelab.priors.base import PriorConfig, build_prior
 
@@ -26,12 +27,12 @@ def test_alpha_zero_beta_one_is_exactly_the_vae():
     for (ka, a), (kb, b) in zip(vae.state_dict().items(), dec.state_dict().items()):
         assert ka == kb and torch.equal(a, b)
     torch.manual_seed(1)
-    la = vae.loss(x, 0)
+    la = vae.loss(Batch(x), 0)
     torch.manual_seed(1)
-    lb = dec.loss(x, 0)
+    lb = dec.loss(Batch(x), 0)
     assert torch.equal(la.per_example, lb.per_example)
     with torch.no_grad():  # the switched-off term is still reported at evaluation
-        assert "divergence" in dec.loss(x, 0).terms
+        assert "divergence" in dec.loss(Batch(x), 0).terms
 
 
 def test_mmd_matches_brute_force_and_detects_a_shift():
@@ -70,7 +71,7 @@ def test_aggregate_log_density_brute_force():
 def test_divergence_trains_with_every_prior(divergence, prior):
     model = build_model("decomposition_vae", image_shape=SHAPE, latent_dim=3, alpha="10", divergence=divergence,
                         prior={"name": prior, "learn": True})
-    lo = model.loss(torch.rand(8, *SHAPE), 0)
+    lo = model.loss(Batch(torch.rand(8, *SHAPE)), 0)
     assert torch.isfinite(lo.loss) and lo.terms["divergence"].abs() > 0
     lo.loss.backward()
     assert all(p.grad is not None for p in model.encoder.parameters())
@@ -134,7 +135,8 @@ def test_pinwheel_data():
     splits = load_data(DataConfig(name="pinwheel"))
     assert (len(splits.train), len(splits.test)) == (10000, 2000)
     assert (splits.info.shape, splits.info.num_classes) == ((1, 1, 2), 5)
-    x, y = splits.train.get_batch(torch.arange(10000))
+    batch = splits.train.get_batch(torch.arange(10000))
+    x, y = batch.x, batch.y
     assert x.dtype == torch.float32 and torch.bincount(y).tolist() == [2000] * 5
     a, _ = pinwheel(per_arm=50, seed=3)
     b, _ = pinwheel(per_arm=50, seed=3)
@@ -149,10 +151,10 @@ def test_pinwheel_data():
 def test_zero_weight_terms_are_skipped_in_training_and_logged_in_evaluation():
     model = build_model("decomposition_vae", image_shape=SHAPE, latent_dim=3, alpha="linear(0, 1, 10)")
     x = torch.rand(4, *SHAPE)
-    assert "divergence" not in model.loss(x, 0).terms  # weight 0 at step 0
-    assert "divergence" in model.loss(x, 5).terms
+    assert "divergence" not in model.loss(Batch(x), 0).terms  # weight 0 at step 0
+    assert "divergence" in model.loss(Batch(x), 5).terms
     with torch.no_grad():
-        assert "divergence" in model.loss(x, 0).terms
+        assert "divergence" in model.loss(Batch(x), 0).terms
 
 
 @pytest.mark.parametrize("k,dim", [(5, 2), (10, 2), (10, 10), (3, 32)])

@@ -53,12 +53,13 @@ def test_factor_index_round_trip() -> None:
 def test_batches_are_deterministic_binary_and_carry_factors() -> None:
     ds = DSprites()
     idx = torch.randint(0, NUM_IMAGES, (64,), generator=torch.Generator().manual_seed(0))
-    x, y = ds.get_batch(idx)
+    batch = ds.get_batch(idx)
+    x, y = batch.x, batch.y
     assert x.shape == (64, 1, 64, 64) and x.dtype == torch.float32
     assert set(x.unique().tolist()) <= {0.0, 1.0} and (x.sum((1, 2, 3)) > 0).all()
     assert y.dtype == torch.int64 and torch.equal(y, index_to_factors(idx))
     # The same index gives the same image whatever else is in the batch.
-    x2, _ = ds.get_batch(torch.cat([idx[5:9], torch.tensor([0, 1])]))
+    x2 = ds.get_batch(torch.cat([idx[5:9], torch.tensor([0, 1])])).x
     assert torch.equal(x2[:4], x[5:9])
     assert torch.equal(ds.render(y), x) and torch.equal(DSprites.render(y), x)
 
@@ -66,7 +67,8 @@ def test_batches_are_deterministic_binary_and_carry_factors() -> None:
 def test_subsets_map_through_the_split() -> None:
     test = load_data(DataConfig(name="dsprites", test_subset=20, seed=2)).test
     assert isinstance(test, DSprites) and len(test) == 20
-    _, y = test.get_batch(torch.arange(20))
+    batch = test.get_batch(torch.arange(20))
+    _, y = batch.x, batch.y
     assert torch.equal(factors_to_index(y), test.indices.long())
 
 

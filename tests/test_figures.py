@@ -14,7 +14,7 @@ from PIL import Image
 
 from aelab.cli import main
 from aelab.data.base import TensorImageDataset
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.report.figures import (
     decoded_manifold,
     latent_traversal,

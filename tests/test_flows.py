@@ -11,27 +11,30 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_SHAPE, tiny_overrides, train_steps
+from conftest import TINY_SHAPE, tiny_inputs, tiny_overrides, train_steps
 
 # the registry contract, reused verbatim for the flow prior (which is a config, not a model name):
-# collected here, these tests take this module's ``model`` fixture below
+# collected here, these tests take this module's ``case`` and ``image_case`` fixtures below
 from test_contract import (  # noqa: F401
-    test_decode_prior_samples_or_refuse,
     test_eval_is_deterministic,
+    test_every_model_declares_its_capabilities_and_name,
+    test_finite_per_example_loss,
     test_gradients_reach_every_parameter,
+    test_image_models_shapes,
     test_one_training_step_lowers_loss_on_a_fixed_batch,
+    test_sample_or_refuse,
     test_save_load_round_trip,
-    test_shapes_and_finite_loss,
 )
 from torch.autograd.functional import jacobian
 from torch.distributions import kl_divergence
 from torch.distributions.transforms import Transform
 
+from aelab.batch import Batch
 from aelab.config import ConfigError, apply_overrides
 from aelab.flows import MADE, FlowDistribution, IAFTransform, MAFTransform, ReversePermutation, stack_flow
 from aelab.flows.transforms import IAF_GATE_BIAS
 from aelab.latents.iaf import IAFHead
-from aelab.models.base import Autoencoder, build_model
+from aelab.models import Autoencoder, build_model
 from aelab.models.vae import VAEConfig
 from aelab.priors import PriorConfig, build_prior
 from aelab.priors.flow import FlowPrior
@@ -237,10 +240,15 @@ FLOW_MODELS = [("vae", "mlp"), ("iaf_vae", "conv")]  # the prior does not see th
 
 
 @pytest.fixture(params=FLOW_MODELS, ids=lambda p: f"{p[0]}-flow_prior-{p[1]}")
-def model(request) -> Autoencoder:
+def case(request) -> tuple[Autoencoder, Batch]:
     """The flow prior under the registry contract (imported tests above): vae and iaf_vae with it."""
     name, kind = request.param
-    return build_model(name, **tiny_overrides(name, kind), **FLOW_PRIOR)
+    return build_model(name, **tiny_overrides(name, kind), **FLOW_PRIOR), tiny_inputs(name)
+
+
+@pytest.fixture
+def image_case(case) -> tuple[Autoencoder, Batch]:
+    return case
 
 
 @pytest.mark.parametrize(("name", "prior"), [("iaf_vae", {}), ("vae", FLOW_PRIOR), ("iaf_vae", FLOW_PRIOR)],

@@ -39,7 +39,7 @@ def test_saved_weights_have_the_mode_of_config_json(tmp_path):
     import torch
 
     from aelab.data.base import TensorImageDataset
-    from aelab.models.base import build_model
+    from aelab.models import build_model
     from aelab.training.trainer import Trainer, TrainerConfig
 
     old = os.umask(0o022)

@@ -9,8 +9,7 @@ import torch
 
 from aelab.data.base import TensorImageDataset
 from aelab.metrics.codes import code_likelihood_metric, vq_bits_per_dim
-from aelab.models.base import build_model
-from aelab.priors.codes import build_code_prior
+from aelab.models import build_model
 from tests.conftest import TINY_SHAPE, tiny_overrides
 
 
@@ -24,10 +23,10 @@ def _with_prior(name: str, likelihood: str):
     model = build_model(name, **tiny_overrides(name), likelihood={"name": likelihood}).eval()
     if name == "vqvae":
         (h, w), k = model.code_shapes[0], model.num_codes[0]
-        model.attach_prior(build_code_prior("pixelcnn", num_codes=k, grid_shape=(h, w), channels=4, layers=1))
+        model.attach_prior(build_model("pixelcnn", num_codes=k, grid_shape=(h, w), channels=4, layers=1))
     else:
         (ht, wt), (hb, wb) = model.code_shapes
-        prior = build_code_prior("vqvae2", top={"num_codes": 8, "grid_shape": (ht, wt), "channels": 4, "heads": 2,
+        prior = build_model("vqvae2_prior", top={"num_codes": 8, "grid_shape": (ht, wt), "channels": 4, "heads": 2,
                                                 "blocks": 1},
                                  bottom={"num_codes": 8, "grid_shape": (hb, wb), "channels": 4, "layers": 1,
                                          "cond_channels": 4})
@@ -50,7 +49,7 @@ def test_bits_per_dim_formula():
 def test_code_likelihood_matches_an_independent_computation(name, likelihood, key):
     model, data = _with_prior(name, likelihood), _data()
     out = code_likelihood_metric(model, data, batch_size=3)
-    x, _ = data.get_batch(torch.arange(len(data)))
+    x = data.get_batch(torch.arange(len(data))).x
     with torch.no_grad():
         codes = model.encode_codes(x)
         levels = [codes] if isinstance(codes, torch.Tensor) else list(codes)

@@ -194,7 +194,7 @@ def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(gm, "train_classifier", no_training)
     again = load_or_train_classifier(splits, SYN, cache_dir=tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == mtimes
-    x, _ = splits.test.get_batch(torch.arange(10))
+    x = splits.test.get_batch(torch.arange(10)).x
     assert torch.equal(classifier_outputs(net, x)[0], classifier_outputs(again, x)[0])
 
     # another config or other data get their own entries (and train, which is refused here)
@@ -278,8 +278,8 @@ def test_real_images_are_closer_to_real_than_corrupted_ones(fashion):
     splits, net = fashion
     assert net.meta["test_accuracy"] > 0.6  # a tiny classifier, three passes over 3000 images (0.74)
     g = torch.Generator().manual_seed(0)
-    real_a, _ = splits.test.get_batch(torch.randperm(len(splits.test), generator=g)[:1000])
-    real_b, _ = splits.train.get_batch(torch.randperm(len(splits.train), generator=g)[:1000])
+    real_a = splits.test.get_batch(torch.randperm(len(splits.test), generator=g)[:1000]).x
+    real_b = splits.train.get_batch(torch.randperm(len(splits.train), generator=g)[:1000]).x
     noise = torch.rand(real_b.shape, generator=g)
     blurred = torch.nn.functional.avg_pool2d(real_b, 5, stride=1, padding=2, count_include_pad=False)
     shuffled = real_b.flatten(1)[:, torch.randperm(28 * 28, generator=g)].view_as(real_b)

@@ -26,7 +26,7 @@ from aelab.metrics.latent import (
     posterior_mean,
 )
 from aelab.metrics.reconstruction import evaluate_reconstruction
-from aelab.models.base import build_model
+from aelab.models import build_model
 
 
 def test_active_units_on_codes_with_known_variances():

@@ -19,7 +19,7 @@ from aelab.metrics.likelihood import (
     likelihood_metric,
     log_importance_weights,
 )
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHAPE = (1, 2, 3)  # P = 6 pixels
@@ -163,7 +163,7 @@ def trained_vae():
 
 def test_iwae_tightens_with_k_on_a_trained_vae(trained_vae):
     model, test = trained_vae
-    x, _ = test.get_batch(torch.arange(len(test)))
+    x = test.get_batch(torch.arange(len(test))).x
     means = {}
     with torch.no_grad():
         for k in (1, 10, 100):

@@ -176,7 +176,7 @@ def test_sparsity_and_clustering_wrappers_run_on_dsprites(tiny_model_and_dsprite
 def test_clustering_assign_modes_on_a_mixture_prior_model():
     from aelab.data import DataConfig, load_data
     from aelab.metrics.clustering import clustering_metric
-    from aelab.models.base import build_model
+    from aelab.models import build_model
 
     data = load_data(DataConfig(name="pinwheel", test_subset=300))
     model = build_model("decomposition_vae", image_shape=(1, 1, 2), latent_dim=2, backbone={"hidden": (8,)},

@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 from aelab.latents.heads import top_k_mask
 from aelab.losses.terms import SparsityKL, encoder_jacobian_sq_norm
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.nn.corruption import Corruption, CorruptionConfig
 
 

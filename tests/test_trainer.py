@@ -9,9 +9,10 @@ import torch
 from conftest import fit_until_interrupted, tiny_overrides
 from safetensors.torch import load_file
 
+from aelab.batch import Batch
 from aelab.data.base import DataConfig, TensorImageDataset, load_data
 from aelab.losses.schedules import lr_multiplier, parse_schedule
-from aelab.models.base import Autoencoder, build_model
+from aelab.models import Autoencoder, build_model
 from aelab.training.checkpoint import STATE_NAME
 from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig
 
@@ -63,7 +64,8 @@ class _PoisonAt(TensorImageDataset):
         self.calls, self.n = 0, n
 
     def get_batch(self, idx):
-        x, y = super().get_batch(idx)
+        batch = super().get_batch(idx)
+        x, y = batch.x, batch.y
         self.calls += 1
         return (x * float("nan"), y) if self.calls >= self.n else (x, y)
 
@@ -145,18 +147,18 @@ def test_precision_and_device_are_validated():
 def test_bf16_runs_backbones_in_bfloat16_and_everything_probabilistic_in_float32(name, shared_data):
     """Under autocast the encoder/decoder matmuls are bf16, but the head, likelihood, objective
     (and the quantizer) see float32, so the loss is close to fp32's and gradients are float32."""
-    x, _ = load_data(DataConfig(name="fashion-mnist", test_subset=64)).test.get_batch(torch.arange(64))
+    x = load_data(DataConfig(name="fashion-mnist", test_subset=64)).test.get_batch(torch.arange(64)).x
     model = build_model(name, **(tiny_overrides(name, "conv") | {"image_shape": (1, 28, 28)}))
     model.eval()
     seen: dict[str, torch.dtype] = {}
     for part in ("encoder", "decoder"):  # (a hook returning a value would replace the output)
         getattr(model, part).register_forward_hook(lambda m, i, o, part=part: seen.update({part: o.dtype}) and None)
     torch.manual_seed(0)
-    ref = model.loss(x, step=0)
+    ref = model.loss(Batch(x), step=0)
     seen.clear()
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model.loss(x, step=0)
+        low = model.loss(Batch(x), step=0)
     assert seen == {"encoder": torch.bfloat16, "decoder": torch.bfloat16}
     assert low.loss.dtype == low.per_example.dtype == torch.float32
     for k, v in low.terms.items():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, StudentT
 
+from aelab.batch import Batch
 from aelab.distributions import DiscretizedLogistic
 from aelab.losses.terms import KLDivergence, free_bits_clamp, kl_per_dimension, kl_per_example
-from aelab.models.base import build_model
+from aelab.models import build_model
 from aelab.outputs import ModelOutput
 
 
@@ -85,7 +86,7 @@ def test_beta_weights_the_kl_exactly():
     x = torch.rand(3, 1, 6, 5)
     model = build_model("vae", image_shape=(1, 6, 5), beta="2.5").eval()
     torch.manual_seed(0)
-    lo = model.loss(x)
+    lo = model.loss(Batch(x))
     assert lo.loss.item() == pytest.approx((lo.terms["recon"] + 2.5 * lo.terms["kl"]).item(), rel=1e-6)
 
 

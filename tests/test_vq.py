@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_SHAPE, fit_until_interrupted, tiny_overrides
 from torch import nn
 
+from aelab.batch import Batch
 from aelab.data.base import DataConfig, TensorImageDataset, load_data
 from aelab.latents.vq import (
     QuantizerConfig,
@@ -20,7 +21,7 @@ from aelab.latents.vq import (
     perplexity,
     squared_distances,
 )
-from aelab.models.base import Autoencoder, build_model
+from aelab.models import Autoencoder, build_model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 
@@ -334,7 +335,7 @@ def test_training_on_fashion_mnist_lowers_the_loss(shared_data):
     torch.manual_seed(0)
     m = build_model("vqvae", image_shape=(1, 28, 28), channels=(16, 32), embedding_dim=16, num_codes=64,
                     res_blocks=1, res_channels=16)
-    x_test, _ = splits.test.get_batch(torch.arange(128))
+    x_test = splits.test.get_batch(torch.arange(128)).x
 
     def test_loss() -> tuple[float, float]:
         m.eval()
@@ -345,10 +346,10 @@ def test_training_on_fashion_mnist_lowers_the_loss(shared_data):
     before, mse_before = test_loss()
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     for i in range(40):
-        x, _ = splits.train.get_batch(torch.arange(64 * (i % 8), 64 * (i % 8 + 1)))
+        x = splits.train.get_batch(torch.arange(64 * (i % 8), 64 * (i % 8 + 1))).x
         m.train()
         opt.zero_grad()
-        m.loss(x, step=i).loss.backward()
+        m.loss(Batch(x), step=i).loss.backward()
         opt.step()
     after, mse_after = test_loss()
     assert after < before and mse_after < 0.5 * mse_before

@@ -1,24 +1,27 @@
 """Data sets: Fashion-MNIST, MNIST, dSprites (generated on demand) and the user's own files.
 
 Every data set is registered by name in :data:`aelab.registry.DATASETS` and built through
-:func:`load_data` from a :class:`DataConfig`. A split is an :class:`ImageDataset` that serves
-whole batches: ``x`` float32 ``(B, C, H, W)`` in ``[0, 1]`` and integer labels or factors.
+:func:`load_data` from a :class:`DataConfig`. A split (:class:`Split`; images:
+:class:`ImageDataset`) serves whole batches as :class:`Batch` structures: ``x`` float32
+``(B, C, H, W)`` in ``[0, 1]`` and ``y`` integer labels or factors.
 
 Example:
     >>> import torch
     >>> from aelab.data import DataConfig, load_data
     >>> splits = load_data(DataConfig(name="dsprites", test_subset=100))
-    >>> x, y = splits.test.get_batch(torch.arange(8))
-    >>> x.shape, y.shape, splits.info.factor_names
+    >>> b = splits.test.get_batch(torch.arange(8))
+    >>> b.x.shape, b.y.shape, splits.info.factor_names
     (torch.Size([8, 1, 64, 64]), torch.Size([8, 5]), ('shape', 'scale', 'orientation', 'posX', 'posY'))
 """
 
+from aelab.batch import Batch
 from aelab.data import download, dsprites, images, local, pinwheel  # noqa: F401  (importing registers the data sets)
 from aelab.data.base import (
     DataConfig,
     DatasetInfo,
     DataSplits,
     ImageDataset,
+    Split,
     Subset,
     TensorImageDataset,
     default_root,
@@ -31,6 +34,7 @@ from aelab.data.images import parse_idx, read_idx
 from aelab.data.local import read_image_folder, read_npz
 
 __all__ = [
+    "Batch",
     "ChecksumError",
     "DSprites",
     "DataConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "DownloadError",
     "ImageDataset",
     "Resources",
+    "Split",
     "Subset",
     "TensorImageDataset",
     "default_root",

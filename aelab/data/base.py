@@ -1,16 +1,18 @@
-"""Data set interface, typed data config and the one entry point :func:`load_data`.
+"""Data split interface, typed data config and the one entry point :func:`load_data`.
 
-A data set here is one split of images that hands out whole batches: the trainer draws index
-tensors and calls :meth:`ImageDataset.get_batch`, so in-memory data sets answer with one
-indexing operation and generated ones (dSprites) render the batch in one vectorized call.
-There is no per-example ``__getitem__`` and no ``DataLoader`` worker machinery to configure.
+A data set here is one split that hands out whole batches as :class:`~aelab.batch.Batch`
+structures: the trainer draws index tensors and calls :meth:`Split.get_batch`, so in-memory data
+sets answer with one indexing operation and generated ones (dSprites) render the batch in one
+vectorized call. There is no per-example ``__getitem__`` and no ``DataLoader`` worker machinery to
+configure. Images, token sequences and frame sequences are all splits; image splits
+(:class:`ImageDataset`) also know their image ``shape``.
 
 Example:
     >>> import torch
     >>> x = torch.randint(0, 256, (10, 1, 4, 6), dtype=torch.uint8)
     >>> ds = TensorImageDataset(x, torch.arange(10) % 2)
-    >>> xb, yb = ds.get_batch(torch.tensor([0, 3]))
-    >>> xb.shape, xb.dtype, yb.tolist()
+    >>> b = ds.get_batch(torch.tensor([0, 3]))
+    >>> b.x.shape, b.x.dtype, b.y.tolist()
     (torch.Size([2, 1, 4, 6]), torch.float32, [0, 1])
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from aelab.batch import Batch
 from aelab.config import ConfigError
 from aelab.registry import DATASETS
 
@@ -33,6 +36,7 @@ __all__ = [
     "DatasetInfo",
     "FloatTensorDataset",
     "ImageDataset",
+    "Split",
     "Subset",
     "TensorImageDataset",
     "default_root",
@@ -42,34 +46,33 @@ __all__ = [
 ]
 
 
-class ImageDataset(abc.ABC):
-    """One split of an image data set, served a batch at a time.
+class Split(abc.ABC):
+    """One split of a data set, served a :class:`~aelab.batch.Batch` at a time."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_batch(self, idx: Tensor) -> Batch:
+        """Return the examples at ``idx`` (int64 indices into this split, shape ``(B,)``)."""
+
+    @abc.abstractmethod
+    def subset(self, idx: Tensor) -> Split:
+        """Return the split restricted to ``idx`` (in that order)."""
+
+
+class ImageDataset(Split):
+    """One split of an image data set.
+
+    ``get_batch`` returns a :class:`~aelab.batch.Batch` with ``x`` float32 images ``(B, C, H, W)``
+    in ``[0, 1]`` and ``y`` int64 class labels ``(B,)`` (``-1`` where the data has none) or, for
+    factor data sets, int64 factor indices ``(B, K)``.
 
     Attributes:
         shape: The shape ``(C, H, W)`` of one image.
     """
 
     shape: tuple[int, int, int]
-
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
-
-    @abc.abstractmethod
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the examples at ``idx``.
-
-        Arguments:
-            idx: Indices into this split, int64 of shape ``(B,)``.
-
-        Returns:
-            ``x``: float32 images ``(B, C, H, W)`` in ``[0, 1]``. ``y``: int64 class labels
-            ``(B,)`` (``-1`` where the data has none) or, for factor data sets, int64 factor
-            indices ``(B, K)``.
-        """
-
-    @abc.abstractmethod
-    def subset(self, idx: Tensor) -> ImageDataset:
-        """Return the split restricted to ``idx`` (in that order)."""
 
 
 class TensorImageDataset(ImageDataset):
@@ -96,10 +99,10 @@ class TensorImageDataset(ImageDataset):
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def get_batch(self, idx: Tensor) -> Batch:
         # index_select copies whole rows (about 3x faster than x[idx]'s element-wise gather);
         # uint8 / float promotes to float32 in one operation (the same values as .float() / 255)
-        return torch.div(self.x.index_select(0, idx), 255.0), self.y.index_select(0, idx)
+        return Batch(torch.div(self.x.index_select(0, idx), 255.0), self.y.index_select(0, idx))
 
     def subset(self, idx: Tensor) -> TensorImageDataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -129,8 +132,8 @@ class FloatTensorDataset(ImageDataset):
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        return self.x.index_select(0, idx), self.y.index_select(0, idx)
+    def get_batch(self, idx: Tensor) -> Batch:
+        return Batch(self.x.index_select(0, idx), self.y.index_select(0, idx))
 
     def subset(self, idx: Tensor) -> FloatTensorDataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -138,7 +141,7 @@ class FloatTensorDataset(ImageDataset):
 
 
 class Subset(ImageDataset):
-    """A view of ``dataset`` at ``indices``, for data sets that cannot index themselves cheaply.
+    """A view of an image split at ``indices``, for data sets that cannot index themselves cheaply.
 
     Arguments:
         dataset: The underlying split.
@@ -153,7 +156,7 @@ class Subset(ImageDataset):
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def get_batch(self, idx: Tensor) -> Batch:
         return self.dataset.get_batch(self.indices[idx])
 
     def subset(self, idx: Tensor) -> Subset:
@@ -245,7 +248,7 @@ def random_subset_indices(n: int, k: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=gen)[:k]
 
 
-def random_subset(data: ImageDataset, limit: int | None, seed: int) -> ImageDataset:
+def random_subset(data: Split, limit: int | None, seed: int) -> Split:
     """``data`` itself, or a seeded random subset of ``limit`` examples (never the first N:
     the built-in splits are sorted by label)."""
     if limit is None or limit >= len(data):

@@ -43,6 +43,7 @@ import math
 import torch
 from torch import Tensor
 
+from aelab.batch import Batch
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, ImageDataset
 from aelab.registry import DATASETS
 
@@ -256,8 +257,8 @@ class DSprites(ImageDataset):
 
     Example:
         >>> ds = DSprites()
-        >>> x, y = ds.get_batch(torch.tensor([0, 737279]))
-        >>> len(ds), x.shape, y.tolist()
+        >>> b = ds.get_batch(torch.tensor([0, 737279]))
+        >>> len(ds), b.x.shape, b.y.tolist()
         (737280, torch.Size([2, 1, 64, 64]), [[0, 0, 0, 0, 0], [2, 5, 39, 31, 31]])
     """
 
@@ -289,9 +290,9 @@ class DSprites(ImageDataset):
         idx = torch.as_tensor(idx, dtype=torch.long)
         return idx if self.indices is None else self.indices[idx].long()
 
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def get_batch(self, idx: Tensor) -> Batch:
         factors = index_to_factors(self.global_index(idx))
-        return render(factors), factors
+        return Batch(render(factors), factors)
 
     def subset(self, idx: Tensor) -> DSprites:
         return DSprites(self.global_index(idx))

@@ -313,8 +313,7 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     subset = random_subset(data, limit, seed)
     with evaluation(model, seed):
         z, y = encode_dataset(model, subset, batch_size=batch_size)
-        prior = getattr(model, "prior", None)
-        pz: Distribution | None = prior() if prior is not None else None
+        pz: Distribution | None = model.prior() if model.capabilities.latent_prior else None
         if y.dim() == 2:
             if factor is None:
                 raise ValueError(f"this data set has {y.shape[1]} factors per example; name one with factor=")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.latents.vq import codebook_usage
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 
 @METRICS.register("codebook")
@@ -23,7 +23,8 @@ def codebook_metrics(model, data: ImageDataset, batch_size: int = 500, limit: in
     """
     data = random_subset(data, limit, seed=0)
     counts = [torch.zeros(k, dtype=torch.long) for k in model.num_codes]
-    for x, _ in eval_batches(data, batch_size):
+    for batch in eval_batches(data, batch_size):
+        x = batch.x
         codes = model.encode_codes(x)
         for i, c in enumerate([codes] if isinstance(codes, torch.Tensor) else codes):
             counts[i] += torch.bincount(c.flatten(), minlength=len(counts[i])).cpu()

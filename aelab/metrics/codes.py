@@ -31,9 +31,10 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.metrics.likelihood import evaluation, is_discrete_8bit
+from aelab.protocol import require
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = ["code_likelihood_metric", "vq_bits_per_dim"]
 
@@ -86,17 +87,16 @@ def code_likelihood_metric(model, data: ImageDataset, batch_size: int = 500,
         (not comparable with 8-bit bits/dim); none for density likelihoods. ``limit`` scores a
         seeded random subset.
     """
-    if getattr(model, "code_shapes", None) is None:
-        raise ValueError(f"model {getattr(model, 'name', '')!r} has no discrete codes: code_likelihood is for "
-                         "VQ models (use likelihood for models with a continuous prior)")
-    if getattr(model, "prior", None) is None:
+    require(model, "codes", what="code_likelihood (for models with a continuous prior use likelihood)")
+    if not model.capabilities.sample:
         raise ValueError(f"model {model.name!r} has no code prior attached: train one on its codes "
                          "(aelab train-prior RUN_DIR) and attach it with attach_prior(...)")
     data = random_subset(data, limit, seed=0)
     recon = prior = 0.0
     n, kind = 0, None
     with evaluation(model, 0) as device:
-        for x, _ in eval_batches(data, batch_size):
+        for batch in eval_batches(data, batch_size):
+            x = batch.x
             x = x.to(device)
             codes = model.encode_codes(x)
             codes = [codes] if isinstance(codes, Tensor) else list(codes)

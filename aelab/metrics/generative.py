@@ -46,10 +46,11 @@ from torch import Tensor, nn
 
 from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.data.batches import epoch_order, eval_batches, steps_per_epoch
 from aelab.io import atomic_write_bytes, sha256_file
 from aelab.nn.linear import Linear
+from aelab.protocol import require
 from aelab.registry import METRICS
-from aelab.training.batches import epoch_order, eval_batches, steps_per_epoch
 
 __all__ = [
     "CACHE_ENV",
@@ -294,7 +295,8 @@ def classifier_outputs(classifier: FeatureClassifier, x: Tensor, batch_size: int
 def _dataset_outputs(classifier: FeatureClassifier, data: ImageDataset,
                      batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     feats, probs, ys = [], [], []
-    for x, y in eval_batches(data, batch_size):
+    for batch in eval_batches(data, batch_size):
+        x, y = batch.x, batch.y
         f, p = classifier_outputs(classifier, x, batch_size)
         feats.append(f)
         probs.append(p)
@@ -343,7 +345,8 @@ def _fingerprint(splits: DataSplits, count: int = 16) -> dict[str, Any]:
         n = len(ds)
         out[f"num_{split}"] = n
         idx = torch.linspace(0, n - 1, min(count, n)).round().long().unique()
-        x, y = ds.get_batch(idx)
+        batch = ds.get_batch(idx)
+        x, y = batch.x, batch.y
         h.update(x.contiguous().float().numpy().tobytes())
         h.update(y.contiguous().long().numpy().tobytes())
     out["checksum"] = h.hexdigest()[:16]
@@ -355,7 +358,8 @@ def _channel_stats(data: ImageDataset, c: int, batch_size: int = 1000) -> tuple[
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
     n = 0
-    for x, _ in eval_batches(data, batch_size):
+    for batch in eval_batches(data, batch_size):
+        x = batch.x
         x = x.double().transpose(0, 1).reshape(c, -1)
         s += x.sum(1)
         s2 += x.pow(2).sum(1)
@@ -414,7 +418,8 @@ def train_classifier(splits: DataSplits, config: ClassifierConfig | None = None,
             order = epoch_order(len(train), config.seed, epoch)
             correct = seen = 0
             for i in range(per_epoch):
-                x, y = train.get_batch(order[i * config.batch_size : (i + 1) * config.batch_size])
+                batch = train.get_batch(order[i * config.batch_size : (i + 1) * config.batch_size])
+                x, y = batch.x, batch.y
                 y = labels(y).to(device)
                 keep = y >= 0  # -1 marks unlabelled examples
                 x, y = x.to(device)[keep], y[keep]
@@ -527,7 +532,7 @@ def _draw_samples(model: nn.Module, n: int, batch_size: int, shape: tuple[int, .
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"model samples have shape {tuple(x.shape[1:])}, the data set's images {shape}")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"model {getattr(model, 'name', '')!r} drew non-finite samples")
+            raise ValueError(f"model {model.name!r} drew non-finite samples")
         out.append(x.float().cpu())
     return torch.cat(out)
 
@@ -574,10 +579,8 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
 
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    if not callable(getattr(model, "sample", None)) or getattr(model, "prior", True) is None:
-        raise ValueError(f"model {getattr(model, 'name', type(model).__name__)!r} has no prior to sample from: "
-                         "the frechet metric scores samples, so it needs a generative model (a VAE, or a VQ "
-                         "model with code priors attached)")
+    require(model, "sample", what="the frechet metric (it scores samples: a VAE, or a VQ model with code "
+            "priors attached)")
     device = model_device(model)
     if classifier is None:
         classifier = load_or_train_classifier(splits, classifier_config, cache_dir, label_factor, device)

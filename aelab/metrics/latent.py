@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 from aelab.data.base import ImageDataset
+from aelab.data.batches import eval_batches
 from aelab.losses.terms import kl_per_dimension, kl_per_example
 from aelab.metrics.likelihood import evaluation, random_subset
+from aelab.protocol import require
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = [
     "LatentStatistics",
@@ -222,13 +223,13 @@ def collect_latent_statistics(model: nn.Module, data: ImageDataset, batch_size: 
 
     The model needs a prior. Sampling uses a private RNG stream seeded with ``seed``.
     """
-    if getattr(model, "prior", None) is None:
-        raise ValueError(f"model {getattr(model, 'name', '')!r} has no prior: latent diagnostics need p(z)")
+    require(model, "latent_prior", what="latent diagnostics")
     data = random_subset(data, limit, seed)
     posteriors, samples, codes, kls, labels = [], [], [], [], []
     with evaluation(model, seed) as device:
         pz = model.prior()
-        for x, y in eval_batches(data, batch_size):
+        for batch in eval_batches(data, batch_size):
+            x, y = batch.x, batch.y
             qz_x = model.encode(x.to(device), encoding=False)
             posteriors.append(qz_x)
             samples.append(qz_x.rsample())

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
+from aelab.protocol import require
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = [
     "bits_per_dim",
@@ -54,8 +55,7 @@ def _log_weights(model: nn.Module, x: Tensor, z: Tensor, qz_x: Distribution, pz:
 
 
 def _prior(model: nn.Module) -> Distribution:
-    if getattr(model, "prior", None) is None:
-        raise ValueError(f"model {getattr(model, 'name', '')!r} has no prior: likelihood bounds need p(z)")
+    require(model, "latent_prior", what="a likelihood bound")
     return model.prior()
 
 
@@ -264,7 +264,8 @@ def likelihood_metric(model: nn.Module, data: ImageDataset, k: int = 100, limit:
     nll = neg_elbo = 0.0
     n, discrete = 0, None
     with evaluation(model, seed) as device:
-        for x, _ in eval_batches(data, batch_size):
+        for batch in eval_batches(data, batch_size):
+            x = batch.x
             x = x.to(device)
             iwae, elbo_k = _iwae_and_elbo(model, x, k, chunk)
             nll -= iwae.double().sum().item()

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 
 @METRICS.register("reconstruction")
@@ -26,7 +26,8 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
     n = 0
     try:
         with torch.no_grad():
-            for x, _ in eval_batches(data, batch_size):
+            for batch in eval_batches(data, batch_size):
+                x = batch.x
                 out = model(x)
                 lo = model.objective(out, model, None)
                 b = x.shape[0]
@@ -51,7 +52,8 @@ def encode_dataset(model, data: ImageDataset, batch_size: int = 1000,
     zs, ys = [], []
     data = random_subset(data, limit, seed=0)
     try:
-        for x, y in eval_batches(data, batch_size):
+        for batch in eval_batches(data, batch_size):
+            x, y = batch.x, batch.y
             zs.append(model.encode(x).mean)
             ys.append(y)
     finally:

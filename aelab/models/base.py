@@ -1,7 +1,7 @@
 """The shared autoencoder: encoder -> latent head -> q(z|x) -> z -> decoder -> p(x|z).
 
-Every model in aelab is an :class:`Autoencoder` assembled from shared parts by a small builder
-function registered with :func:`register_model`. The class is final: behaviour changes by
+Every image autoencoder in aelab is an :class:`Autoencoder` assembled from shared parts by a small
+builder function registered with :func:`aelab.protocol.register_model`. The class is final: behaviour changes by
 composing other parts (head, prior, corruption, terms), never by overriding its methods.
 """
 
@@ -9,26 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aelab.config import ConfigError, default_config, from_dict, load_json, resolve_config, save_json, to_dict
-from aelab.io import atomic_path
+from aelab.batch import Batch
 from aelab.latents.heads import LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.nn.backbones import BackboneConfig, build_decoder, build_encoder
 from aelab.nn.precision import float32_region, upcast
 from aelab.outputs import LossOutput, ModelOutput
-from aelab.registry import MODELS
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from aelab.protocol import Capabilities, Model
 
 
 @dataclass
@@ -48,118 +42,7 @@ class AEConfig:
     likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    config_cls: type
-    build: Callable[[Any], PretrainedModel]
-
-
-def register_model(name: str, config_cls: type) -> Callable:
-    """Register ``build(cfg) -> model`` (an :class:`Autoencoder` or another :class:`PretrainedModel`)
-    under ``name`` with its config dataclass."""
-
-    def deco(build: Callable) -> Callable:
-        MODELS.register(name, help=build.__doc__)(ModelSpec(name, config_cls, build))
-        return build
-
-    return deco
-
-
-def model_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The default config of model ``name``, updated with a (nested) mapping."""
-    return default_config(MODELS.get(name).config_cls, overrides, "model")
-
-
-def build_model(name: str, cfg: Any = None, **overrides: Any) -> PretrainedModel:
-    """Build a registered model from its config (defaults if ``None``) and keyword overrides.
-
-    Example:
-        >>> m = build_model("ae", latent_dim=8)
-        >>> m.latent_dim
-        8
-    """
-    spec: ModelSpec = MODELS.get(name)
-    cfg = resolve_config(spec.config_cls, cfg, overrides, "model", f"model {name!r}")
-    model = spec.build(cfg)
-    model.name, model.config = name, cfg
-    return model
-
-
-def save_module(module: nn.Module, directory: str | Path, kind: str,
-                extra_config: dict[str, Any] | None = None) -> None:
-    """Write ``config.json`` (``{kind: name, kind + "_config": config, **extra}``) and the weights.
-
-    Both are written atomically; ``module`` carries its registry ``name`` and its ``config``
-    dataclass. Shared by models and code priors.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    extra = {k: v for k, v in (extra_config or {}).items() if k not in (kind, f"{kind}_config")}
-    save_json(directory / CONFIG_NAME, {kind: module.name, f"{kind}_config": to_dict(module.config), **extra})
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={kind: module.name})
-
-
-def read_saved_config(directory: str | Path, kind: str, missing: str, hint: str = "") -> dict[str, Any]:
-    """``config.json`` of a directory written by :func:`save_module`, checked for its two keys.
-
-    Args:
-        directory: the saved directory.
-        kind: ``model`` or ``prior``.
-        missing: what to say when there is no ``config.json``.
-        hint: appended to the error when the keys are missing.
-    """
-    cfg_path = Path(directory) / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: {missing}")
-    meta = load_json(cfg_path)
-    if kind not in meta or f"{kind}_config" not in meta:
-        raise ConfigError(f"{cfg_path}: expected keys {kind!r} and '{kind}_config'{hint}")
-    return meta
-
-
-def load_weights(module: nn.Module, directory: str | Path, map_location: str = "cpu") -> Any:
-    """Load ``model.safetensors`` from ``directory`` into ``module``; returns it in eval mode."""
-    weights = Path(directory) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found")
-    module.load_state_dict(load_file(str(weights), device=map_location))
-    return module.eval()
-
-
-class PretrainedModel(nn.Module):
-    """Persistence shared by every registered model: ``config.json`` + ``model.safetensors``, never pickle.
-
-    A model built by :func:`build_model` carries its registry ``name`` and its ``config``; that is
-    all :meth:`from_pretrained` needs to rebuild the architecture before loading the weights (and
-    the buffers, e.g. a vector quantizer's codebook statistics).
-    """
-
-    name: str
-    config: Any
-
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``.
-
-        Args:
-            directory: created if missing.
-            extra_config: more top-level entries for ``config.json`` (a run's data and trainer
-                settings), written in the same atomic write.
-        """
-        save_module(self, directory, "model", extra_config)
-
-    @staticmethod
-    def from_pretrained(directory: str | Path, map_location: str = "cpu") -> PretrainedModel:
-        """Rebuild any registered model from ``config.json`` (looked up by name) and load its weights."""
-        meta = read_saved_config(directory, "model", "not a saved aelab model or run directory")
-        spec: ModelSpec = MODELS.get(meta["model"])
-        model = build_model(meta["model"], from_dict(spec.config_cls, meta["model_config"], "model"))
-        return load_weights(model, directory, map_location)
-
-
-class Autoencoder(PretrainedModel):
+class Autoencoder(Model):
     """An autoencoder assembled from parts, with its objective.
 
     Args:
@@ -173,7 +56,6 @@ class Autoencoder(PretrainedModel):
     def __init__(self, cfg: AEConfig, head: Callable[[int], LatentHead], objective: Objective,
                  corruption: nn.Module | None = None, prior: nn.Module | None = None) -> None:
         super().__init__()
-        self.name = ""
         self.config = cfg
         c = cfg.image_shape[0]
         self.encoder = build_encoder(cfg.image_shape, cfg.backbone)
@@ -184,6 +66,12 @@ class Autoencoder(PretrainedModel):
         self.corruption = corruption
         self.prior = prior
         self.objective = objective
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """Reconstructs images through a flat latent; samples when it has a prior p(z)."""
+        has_prior = self.prior is not None
+        return Capabilities(reconstruct=True, latent=True, latent_prior=has_prior, sample=has_prior, images=True)
 
     @property
     def latent_dim(self) -> int:
@@ -215,7 +103,8 @@ class Autoencoder(PretrainedModel):
         pz = self.prior() if self.prior is not None else None
         return ModelOutput(x=x, x_in=x_in, z=z, qz_x=qz_x, px_z=px_z, pz=pz)
 
-    def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
+    def loss(self, batch: Batch, step: int | None = None) -> LossOutput:
+        x = batch.x
         out = self(x, step)
         with float32_region(x):  # log-densities, KL and penalties in float32 (see aelab.nn.precision)
             return self.objective(out, self, step)

@@ -11,8 +11,9 @@ from functools import partial
 
 from aelab.config import ConfigError
 from aelab.latents.iaf import IAFHead
-from aelab.models.base import Autoencoder, register_model
+from aelab.models.base import Autoencoder
 from aelab.models.vae import VAEConfig, variational_autoencoder
+from aelab.protocol import register_model
 
 
 @dataclass
@@ -50,7 +51,8 @@ def iaf_vae(cfg: IAFVAEConfig) -> Autoencoder:
         >>> import torch
         >>> from aelab.models import build_model
         >>> model = build_model("iaf_vae", image_shape=(1, 8, 8), latent_dim=4, flows=2, flow_hidden=16)
-        >>> model.loss(torch.rand(3, 1, 8, 8)).per_example.shape
+        >>> from aelab.batch import Batch
+        >>> model.loss(Batch(torch.rand(3, 1, 8, 8))).per_example.shape
         torch.Size([3])
     """
     # no analytic KL exists for a flow posterior: the recipe's KL falls back to log q(z) - log p(z)

@@ -7,7 +7,8 @@ from functools import partial
 
 from aelab.latents.heads import DeterministicHead
 from aelab.losses.terms import ReconstructionNLL, SparsityKL
-from aelab.models.base import AEConfig, Autoencoder, build_autoencoder, register_model
+from aelab.models.base import AEConfig, Autoencoder, build_autoencoder
+from aelab.protocol import register_model
 
 
 @dataclass

@@ -25,15 +25,16 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from aelab.batch import Batch
 from aelab.distributions import PointMass
 from aelab.latents.vq import Quantized, QuantizerConfig, VectorQuantizer
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
 from aelab.losses.terms import AuxLoss, ReconstructionNLL
-from aelab.models.base import PretrainedModel, register_model
 from aelab.nn.precision import float32_region, upcast
 from aelab.nn.resnet import ResNetDecoder, ResNetEncoder, conv_sizes
 from aelab.outputs import LossOutput, ModelOutput
+from aelab.protocol import Capabilities, Model, register_model
 
 
 @dataclass
@@ -88,7 +89,7 @@ class CodePrior(Protocol):
         ...
 
 
-class VQAutoencoder(PretrainedModel):
+class VQAutoencoder(Model):
     """Shared pipeline of vector-quantised autoencoders (abstract: subclasses build the levels).
 
     A subclass creates ``self.quantizers`` (one :class:`VectorQuantizer` per level, top first)
@@ -109,7 +110,6 @@ class VQAutoencoder(PretrainedModel):
 
     def __init__(self, cfg: VQVAEConfig, code_shapes: list[tuple[int, int]], level_names: tuple[str, ...]) -> None:
         super().__init__()
-        self.name = ""
         self.config = cfg
         self.code_shapes = [tuple(s) for s in code_shapes]
         self.level_names = level_names
@@ -122,6 +122,11 @@ class VQAutoencoder(PretrainedModel):
             "vq_commitment": (AuxLoss("vq_commitment"), cfg.quantizer.beta),
         })
         self.prior: tuple[CodePrior, ...] | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """Reconstructs images through discrete codes; samples once code priors are attached."""
+        return Capabilities(reconstruct=True, latent=True, codes=True, sample=self.prior is not None, images=True)
 
     # --- shapes ---------------------------------------------------------------------------------
     @property
@@ -178,7 +183,8 @@ class VQAutoencoder(PretrainedModel):
         }
         return ModelOutput(x=x, x_in=x, z=z, qz_x=PointMass(z), px_z=self.decode(z), aux=aux)
 
-    def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
+    def loss(self, batch: Batch, step: int | None = None) -> LossOutput:
+        x = batch.x
         out = self(x, step)
         with float32_region(x):  # see aelab.nn.precision
             return self.objective(out, self, step)
@@ -251,8 +257,14 @@ class VQAutoencoder(PretrainedModel):
         return self.decode_codes(codes)
 
 
+@register_model("vqvae", VQVAEConfig)
 class VQVAE(VQAutoencoder):
-    """VQ-VAE: a ResNet encoder, one quantised grid, a mirrored ResNet decoder.
+    """VQ-VAE: discrete latent grid, nearest-code quantisation, straight-through gradients, EMA codebook.
+
+    A ResNet encoder, one quantised grid, a mirrored ResNet decoder.
+
+    References:
+        van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation Learning", NeurIPS 2017.
 
     Example:
         >>> m = VQVAE(VQVAEConfig(image_shape=(1, 12, 10), embedding_dim=4, num_codes=8, channels=(8, 8)))
@@ -278,8 +290,11 @@ class VQVAE(VQAutoencoder):
         return self.decoder(grids[0])
 
 
+@register_model("vqvae2", VQVAE2Config)
 class VQVAE2(VQAutoencoder):
-    """VQ-VAE-2: a bottom grid (``channels`` stages) and a top grid one stage further down.
+    """VQ-VAE-2: top and bottom code grids, the bottom quantised conditioned on the top.
+
+    A bottom grid (``channels`` stages) and a top grid one stage further down.
 
     The top is quantised first; its decoder upsamples the top codes to the bottom resolution and is
     concatenated with the bottom encoder's features before the bottom quantisation, so the bottom
@@ -318,24 +333,3 @@ class VQVAE2(VQAutoencoder):
     def _decode_grids(self, grids: list[Tensor]) -> Tensor:
         top, bottom = grids
         return self.decoder(torch.cat([self.upsample_top(top), bottom], 1))
-
-
-@register_model("vqvae", VQVAEConfig)
-def vqvae(cfg: VQVAEConfig) -> VQVAE:
-    """VQ-VAE: discrete latent grid, nearest-code quantisation, straight-through gradients, EMA codebook.
-
-    References:
-        van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation Learning", NeurIPS 2017.
-    """
-    return VQVAE(cfg)
-
-
-@register_model("vqvae2", VQVAE2Config)
-def vqvae2(cfg: VQVAE2Config) -> VQVAE2:
-    """VQ-VAE-2: top and bottom code grids, the bottom quantised conditioned on the top.
-
-    References:
-        Razavi, van den Oord & Vinyals, "Generating Diverse High-Fidelity Images with VQ-VAE-2",
-        NeurIPS 2019.
-    """
-    return VQVAE2(cfg)

@@ -13,15 +13,12 @@ Either level can be class-conditional (``num_classes``), and a PixelCNN or Pixel
 conditioned on another code grid of any size (``cond_codes``, ``cond_shape``): it is embedded,
 convolved, resized to this grid by bilinear interpolation and fed to every gated layer.
 
-Every prior has ``log_prob`` (all positions in parallel, teacher forcing), ``loss(x, step)`` for
-the model-agnostic :class:`aelab.training.trainer.Trainer`, ancestral ``sample`` with a
-temperature, and ``save_pretrained`` / :func:`load_code_prior` (``config.json`` +
-``model.safetensors``). :class:`CodeDataset` serves code grids to the trainer and
-:func:`train_code_prior` runs it with :func:`evaluate_code_prior` as the per-epoch evaluation.
-
-The trainer passes ``x`` alone to ``loss``, so a batch that carries more than the codes (labels,
-the top grid) arrives as one int64 row per example, ``[y?, cond?, codes]`` flattened
-(:func:`pack_codes`); each prior unpacks it from its own config.
+Every prior is an ordinary registered :class:`~aelab.protocol.Model` (family ``code prior``):
+``log_prob`` (all positions in parallel, teacher forcing), ``loss(batch, step)`` on the
+:class:`~aelab.batch.Batch` structures of :class:`aelab.data.codes.CodeDataset` (``x`` the codes,
+``cond`` the conditioning grid, ``y`` the labels) for the model-agnostic trainer, ancestral
+``sample`` with a temperature, and ``save_pretrained`` / :func:`aelab.protocol.from_pretrained`.
+Its per-epoch evaluation is the test NLL (:func:`aelab.metrics.evaluation.code_prior_evaluation`).
 
 References:
     van den Oord et al., "Neural Discrete Representation Learning", NeurIPS 2017;
@@ -30,7 +27,7 @@ References:
     Razavi et al., "Generating Diverse High-Fidelity Images with VQ-VAE-2", NeurIPS 2019.
 
 Example:
-    >>> prior = build_code_prior("pixelcnn", num_codes=8, grid_shape=(3, 4), channels=8, layers=2)
+    >>> prior = build_model("pixelcnn", num_codes=8, grid_shape=(3, 4), channels=8, layers=2)
     >>> codes = prior.sample(5, generator=torch.Generator().manual_seed(0))
     >>> codes.shape, prior.log_prob(codes).shape
     (torch.Size([5, 3, 4]), torch.Size([5]))
@@ -40,10 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -51,29 +45,23 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent
 from torch.nn import functional as F
 
-from aelab.config import default_config, from_dict, load_json, resolve_config
-from aelab.data.base import ImageDataset
-from aelab.models.base import CONFIG_NAME, load_weights, read_saved_config, save_module
+from aelab.batch import Batch
 from aelab.nn.attention import PixelSNAIL
 from aelab.nn.pixelcnn import GatedPixelCNN, check_kernel_size
 from aelab.outputs import LossOutput
-from aelab.registry import CODE_PRIORS
+from aelab.protocol import Capabilities, Model, model_config, register_model
 
 __all__ = [
     "CodeConditioner",
-    "CodeDataset",
     "CodePrior",
     "CodePriorConfig",
+    "PixelCNNPrior",
     "PixelCNNPriorConfig",
+    "PixelSNAILPrior",
     "PixelSNAILPriorConfig",
     "VQVAE2Prior",
     "VQVAE2PriorConfig",
-    "build_code_prior",
     "code_prior_config",
-    "evaluate_code_prior",
-    "load_code_prior",
-    "pack_codes",
-    "train_code_prior",
 ]
 
 LN2 = math.log(2.0)
@@ -181,79 +169,18 @@ class VQVAE2PriorConfig:
                                           cond_shape=self.top.grid_shape)
 
 
-# --- the registry -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CodePriorSpec:
-    name: str
-    config_cls: type
-    build: Callable[[Any], nn.Module]
-
-
-def register_code_prior(name: str, config_cls: type) -> Callable:
-    """Register ``build(cfg) -> prior`` under ``name`` in :data:`aelab.registry.CODE_PRIORS`."""
-
-    def deco(build: Callable) -> Callable:
-        CODE_PRIORS.register(name, help=build.__doc__)(CodePriorSpec(name, config_cls, build))
-        return build
-
-    return deco
+# registry entries of the code priors: the test NLL each epoch, no pictures, sized by the VQ model
+CODE_PRIOR = {"family": "code prior", "evaluation": "code_prior", "figures": None, "fit_to_data": None}
 
 
 def code_prior_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     """The default config of code prior ``name``, updated with a (nested) mapping.
 
     Example:
-        >>> code_prior_config("vqvae2", {"top": {"num_codes": 64}}).bottom.cond_codes
+        >>> code_prior_config("vqvae2_prior", {"top": {"num_codes": 64}}).bottom.cond_codes
         64
     """
-    return default_config(CODE_PRIORS.get(name).config_cls, overrides, "prior")
-
-
-def build_code_prior(name: str, cfg: Any = None, **overrides: Any) -> CodePrior | VQVAE2Prior:
-    """Build registered code prior ``name`` from its config (defaults if ``None``) and overrides.
-
-    Example:
-        >>> build_code_prior("pixelsnail", num_codes=16, grid_shape=(3, 3), channels=8, heads=2).name
-        'pixelsnail'
-    """
-    spec: CodePriorSpec = CODE_PRIORS.get(name)
-    cfg = resolve_config(spec.config_cls, cfg, overrides, "prior", f"code prior {name!r}")
-    prior = spec.build(cfg)
-    prior.name = name
-    return prior
-
-
-# --- packing a batch into the one tensor the trainer hands to loss() ------------------------
-def pack_codes(codes: Tensor, cond: Tensor | None = None, y: Tensor | None = None) -> Tensor:
-    """One int64 row per example: ``[y, cond.flatten(), codes.flatten()]`` (absent parts left out).
-
-    Example:
-        >>> pack_codes(torch.tensor([[[1, 2]]]), cond=torch.tensor([[[7]]]), y=torch.tensor([3]))
-        tensor([[3, 7, 1, 2]])
-    """
-    parts = [] if y is None else [y.long().reshape(-1, 1)]
-    if cond is not None:
-        parts.append(cond.long().flatten(1))
-    parts.append(codes.long().flatten(1))
-    return torch.cat(parts, dim=1)
-
-
-def _unpack(x: Tensor, grid: tuple[int, int], cond_shape: tuple[int, int] | None,
-            with_y: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Inverse of :func:`pack_codes` for a known layout; a ``(B, H, W)`` grid passes through."""
-    size = grid[0] * grid[1]
-    if x.dim() == 3:
-        if cond_shape is not None or with_y:
-            raise ValueError("this prior is conditional: pass a packed batch (see pack_codes), not a bare grid")
-        return x, None, None
-    n_y = int(with_y)
-    n_c = cond_shape[0] * cond_shape[1] if cond_shape is not None else 0
-    if x.dim() != 2 or x.shape[1] != n_y + n_c + size:
-        raise ValueError(f"expected a packed batch (B, {n_y + n_c + size}) = [labels: {n_y}, conditioning codes: "
-                         f"{n_c}, codes: {size}], got shape {tuple(x.shape)}")
-    y = x[:, 0] if with_y else None
-    cond = x[:, n_y : n_y + n_c].reshape(-1, *cond_shape) if cond_shape is not None else None
-    return x[:, n_y + n_c :].reshape(-1, *grid), cond, y
+    return model_config(name, overrides)
 
 
 def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -295,7 +222,7 @@ class CodeConditioner(nn.Module):
         return self.outer(e)
 
 
-class CodePrior(nn.Module):
+class CodePrior(Model):
     """An autoregressive prior over one code grid: a causal network plus optional conditioning.
 
     Args:
@@ -307,16 +234,17 @@ class CodePrior(nn.Module):
             codes before it).
 
     Example:
-        >>> prior = build_code_prior("pixelcnn", num_codes=4, grid_shape=(2, 3), channels=8, layers=2,
+        >>> prior = build_model("pixelcnn", num_codes=4, grid_shape=(2, 3), channels=8, layers=2,
         ...                          num_classes=10)
         >>> codes = torch.randint(0, 4, (6, 2, 3))
         >>> prior(codes, y=torch.arange(6)).log_prob(codes).shape
         torch.Size([6])
     """
 
+    capabilities = Capabilities(sample=True)
+
     def __init__(self, cfg: CodePriorConfig, net: nn.Module) -> None:
         super().__init__()
-        self.name = ""
         self.config = cfg
         self.net = net
         self.conditioner = (CodeConditioner(cfg.cond_codes, cfg.cond_channels, cfg.grid_shape)
@@ -330,6 +258,11 @@ class CodePrior(nn.Module):
     @property
     def class_conditional(self) -> bool:
         return self.config.num_classes > 0
+
+    @property
+    def levels(self) -> tuple[CodePrior]:
+        """``(self,)``: the one level this prior models (see :attr:`VQVAE2Prior.levels`)."""
+        return (self,)
 
     @property
     def cond_shape(self) -> tuple[int, int] | None:
@@ -394,13 +327,13 @@ class CodePrior(nn.Module):
         # float32 even under bf16 autocast: the sum over H x W log-probabilities needs the precision
         return -F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1)
 
-    def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
-        """Mean NLL per grid, for the trainer. ``x``: codes ``(B, H, W)`` or a packed batch (:func:`pack_codes`).
+    def loss(self, batch: Batch, step: int | None = None) -> LossOutput:
+        """Mean NLL per grid of ``batch.x`` (codes ``(B, H, W)``) given ``batch.cond`` (a conditioning
+        grid) and, for a class-conditional prior, ``batch.y``.
 
         Terms: ``nll`` (nats per grid) and ``bits_per_code`` (``nll / (H W ln 2)``).
         """
-        codes, cond, y = _unpack(x, self.config.grid_shape, self.cond_shape, self.class_conditional)
-        nll = -self.log_prob(codes, cond, y)
+        nll = -self.log_prob(batch.x, batch.cond, batch.y if self.class_conditional else None)
         mean = nll.detach().mean()
         return LossOutput(loss=nll.mean(), terms={"nll": mean, "bits_per_code": mean / (self.num_positions * LN2)},
                           per_example=nll)
@@ -435,13 +368,11 @@ class CodePrior(nn.Module):
                 codes[:, r, c] = _draw(self.net.logits_at(codes, r, c, state), temperature, generator)
         return codes
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically); see :func:`load_code_prior`."""
-        _save(self, directory, extra_config)
 
 
 # --- VQ-VAE-2: two levels ---------------------------------------------------------------------
-class VQVAE2Prior(nn.Module):
+@register_model("vqvae2_prior", VQVAE2PriorConfig, **CODE_PRIOR)
+class VQVAE2Prior(Model):
     """VQ-VAE-2's prior ``p(top) p(bottom | top)``: PixelSNAIL on top, conditioned PixelCNN below.
 
     Trained as one model (the loss is the sum of both NLLs; their parameters are disjoint, so each
@@ -454,7 +385,7 @@ class VQVAE2Prior(nn.Module):
         Razavi et al., "Generating Diverse High-Fidelity Images with VQ-VAE-2", NeurIPS 2019.
 
     Example:
-        >>> prior = build_code_prior("vqvae2", top={"num_codes": 8, "grid_shape": (2, 2), "channels": 8,
+        >>> prior = build_model("vqvae2_prior", top={"num_codes": 8, "grid_shape": (2, 2), "channels": 8,
         ...                          "heads": 2, "blocks": 1}, bottom={"num_codes": 8, "grid_shape": (3, 3),
         ...                          "channels": 8, "layers": 2, "cond_channels": 8})
         >>> top, bottom = prior.sample(4, temperature=0.5)
@@ -462,12 +393,13 @@ class VQVAE2Prior(nn.Module):
         (torch.Size([4, 2, 2]), torch.Size([4, 3, 3]), torch.Size([4]))
     """
 
+    capabilities = Capabilities(sample=True)
+
     def __init__(self, cfg: VQVAE2PriorConfig) -> None:
         super().__init__()
-        self.name = ""
         self.config = cfg
-        self.top = build_code_prior("pixelsnail", cfg.top)
-        self.bottom = build_code_prior("pixelcnn", cfg.bottom)
+        self.top = PixelSNAILPrior(cfg.top)
+        self.bottom = PixelCNNPrior(cfg.bottom)
 
     @property
     def num_positions(self) -> int:
@@ -491,11 +423,11 @@ class VQVAE2Prior(nn.Module):
         return self.top.log_prob(top, y=self._labels(self.top, y)) + self.bottom.log_prob(
             bottom, cond=top, y=self._labels(self.bottom, y))
 
-    def loss(self, x: Tensor, step: int | None = None) -> LossOutput:
-        """Mean NLL per example of a packed batch ``[y?, top, bottom]`` (:func:`pack_codes` with
-        ``codes=bottom, cond=top``). Terms: ``nll_top``, ``nll_bottom`` (nats) and ``bits_per_code``
-        over all ``H_t W_t + H_b W_b`` codes."""
-        bottom, top, y = _unpack(x, self.bottom.config.grid_shape, self.top.config.grid_shape, self.class_conditional)
+    def loss(self, batch: Batch, step: int | None = None) -> LossOutput:
+        """Mean NLL per example of ``batch.x`` (the bottom codes) and ``batch.cond`` (the top codes),
+        with ``batch.y`` the labels for class-conditional levels. Terms: ``nll_top``,
+        ``nll_bottom`` (nats) and ``bits_per_code`` over all ``H_t W_t + H_b W_b`` codes."""
+        bottom, top, y = batch.x, batch.cond, batch.y
         nll_top = -self.top.log_prob(top, y=self._labels(self.top, y))
         nll_bottom = -self.bottom.log_prob(bottom, cond=top, y=self._labels(self.bottom, y))
         nll = nll_top + nll_bottom
@@ -513,183 +445,22 @@ class VQVAE2Prior(nn.Module):
         bottom = self.bottom.sample(n, t_bottom, cond=top, y=self._labels(self.bottom, y), generator=generator)
         return top, bottom
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically); see :func:`load_code_prior`."""
-        _save(self, directory, extra_config)
 
 
-@register_code_prior("pixelcnn", PixelCNNPriorConfig)
-def build_pixelcnn_prior(cfg: PixelCNNPriorConfig) -> CodePrior:
+@register_model("pixelcnn", PixelCNNPriorConfig, **CODE_PRIOR)
+class PixelCNNPrior(CodePrior):
     """Gated PixelCNN over a code grid (van den Oord et al. 2016)."""
-    return CodePrior(cfg, GatedPixelCNN(cfg.num_codes, cfg.channels, cfg.layers, cfg.kernel_size,
-                                        cfg.num_classes, cfg.cond_channels if cfg.cond_codes else 0))
+
+    def __init__(self, cfg: PixelCNNPriorConfig) -> None:
+        super().__init__(cfg, GatedPixelCNN(cfg.num_codes, cfg.channels, cfg.layers, cfg.kernel_size,
+                                            cfg.num_classes, cfg.cond_channels if cfg.cond_codes else 0))
 
 
-@register_code_prior("pixelsnail", PixelSNAILPriorConfig)
-def build_pixelsnail_prior(cfg: PixelSNAILPriorConfig) -> CodePrior:
+@register_model("pixelsnail", PixelSNAILPriorConfig, **CODE_PRIOR)
+class PixelSNAILPrior(CodePrior):
     """Gated layers with strictly causal self-attention over a code grid (PixelSNAIL-like, Chen et al. 2018)."""
-    return CodePrior(cfg, PixelSNAIL(cfg.num_codes, cfg.grid_shape, cfg.channels, cfg.blocks, cfg.layers, cfg.heads,
-                                     cfg.kernel_size, cfg.positional, cfg.num_classes,
-                                     cfg.cond_channels if cfg.cond_codes else 0))
 
-
-@register_code_prior("vqvae2", VQVAE2PriorConfig)
-def build_vqvae2_prior(cfg: VQVAE2PriorConfig) -> VQVAE2Prior:
-    """VQ-VAE-2 prior: PixelSNAIL over the top codes, PixelCNN over the bottom given the top (Razavi et al. 2019)."""
-    return VQVAE2Prior(cfg)
-
-
-# --- persistence: config.json + model.safetensors, never pickle --------------------------------
-def _save(prior: nn.Module, directory: str | Path, extra_config: dict[str, Any] | None) -> None:
-    save_module(prior, directory, "prior", extra_config)
-
-
-def load_code_prior(directory: str | Path, map_location: str = "cpu") -> CodePrior | VQVAE2Prior:
-    """Rebuild a saved code prior from ``config.json`` (looked up by name) and load its weights.
-
-    Example:
-        >>> import tempfile
-        >>> prior = build_code_prior("pixelcnn", num_codes=4, grid_shape=(2, 2), channels=8, layers=1)
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     prior.save_pretrained(d)
-        ...     load_code_prior(d).config == prior.config
-        True
-    """
-    cfg_path = Path(directory) / CONFIG_NAME
-    holds_model = cfg_path.is_file() and "model" in load_json(cfg_path)
-    hint = " (it holds a model: train a prior on its codes first)" if holds_model else ""
-    meta = read_saved_config(directory, "prior", "not a saved code prior", hint)
-    spec: CodePriorSpec = CODE_PRIORS.get(meta["prior"])
-    prior = build_code_prior(meta["prior"], from_dict(spec.config_cls, meta["prior_config"], "prior"))
-    return load_weights(prior, directory, map_location)
-
-
-# --- data and training ------------------------------------------------------------------------
-class CodeDataset(ImageDataset):
-    """A split of code grids for the trainer: ``get_batch`` returns ``(x, y)`` with ``x`` the int64
-    codes ``(B, H, W)``, or the packed rows ``[y?, cond?, codes]`` (:func:`pack_codes`) when
-    there is a conditioning grid or the labels condition the prior.
-
-    For a VQ-VAE-2 prior pass ``codes=bottom`` and ``cond=top``. Tensors stay where they are (put
-    them on the prior's device to train there).
-
-    Args:
-        codes: int64 ``(N, H, W)``.
-        cond: int64 ``(N, H_c, W_c)`` conditioning codes, or ``None``.
-        labels: int64 ``(N,)`` class labels, or ``None`` (``y`` is then ``-1``).
-        class_conditional: pack the labels into ``x`` (the prior conditions on them).
-
-    Example:
-        >>> ds = CodeDataset(torch.randint(0, 8, (10, 2, 3)), labels=torch.arange(10), class_conditional=True)
-        >>> x, y = ds.get_batch(torch.tensor([4, 1]))
-        >>> x.shape, y.tolist()
-        (torch.Size([2, 7]), [4, 1])
-    """
-
-    def __init__(self, codes: Tensor, cond: Tensor | None = None, labels: Tensor | None = None,
-                 class_conditional: bool = False) -> None:
-        if codes.dim() != 3 or codes.is_floating_point():
-            raise ValueError(f"codes must be integer (N, H, W), got {codes.dtype} {tuple(codes.shape)}")
-        n = codes.shape[0]
-        if cond is not None and (cond.dim() != 3 or cond.shape[0] != n or cond.is_floating_point()):
-            raise ValueError(f"cond must be integer (N={n}, H_c, W_c), got {cond.dtype} {tuple(cond.shape)}")
-        if labels is not None and (labels.shape != (n,) or labels.is_floating_point()):
-            raise ValueError(f"labels must be integer (N={n},), got {labels.dtype} {tuple(labels.shape)}")
-        if class_conditional and labels is None:
-            raise ValueError("class_conditional needs labels")
-        self.codes = codes.long()
-        self.cond = cond.long() if cond is not None else None
-        self.labels = labels.long() if labels is not None else None
-        self.class_conditional = class_conditional
-        self.shape = (1, int(codes.shape[1]), int(codes.shape[2]))
-
-    def __len__(self) -> int:
-        return int(self.codes.shape[0])
-
-    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        y = self.labels[idx] if self.labels is not None else torch.full((len(idx),), -1, dtype=torch.long)
-        if self.cond is None and not self.class_conditional:
-            return self.codes[idx], y
-        cond = self.cond[idx] if self.cond is not None else None
-        return pack_codes(self.codes[idx], cond, y if self.class_conditional else None), y
-
-    def subset(self, idx: Tensor) -> CodeDataset:
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return CodeDataset(self.codes[idx], None if self.cond is None else self.cond[idx],
-                           None if self.labels is None else self.labels[idx], self.class_conditional)
-
-    def __repr__(self) -> str:
-        return f"CodeDataset(n={len(self)}, grid={self.shape[1:]}, cond={self.cond is not None})"
-
-
-@torch.no_grad()
-def evaluate_code_prior(prior: nn.Module, data: ImageDataset, batch_size: int = 500,
-                        limit: int | None = None) -> dict[str, float]:
-    """Test NLL of a code prior: the mean of each ``loss`` term over the split, plus ``nll``.
-
-    Runs in evaluation mode on the prior's device; ``limit`` evaluates a seeded random subset.
-
-    Returns:
-        ``nll``: nats per code grid (both grids for ``vqvae2``), ``bits_per_code``:
-        ``nll / (codes per example * ln 2)``, and the prior's other terms (``nll_top``,
-        ``nll_bottom`` for ``vqvae2``).
-
-    Example:
-        >>> prior = build_code_prior("pixelcnn", num_codes=4, grid_shape=(2, 2), channels=8, layers=1)
-        >>> sorted(evaluate_code_prior(prior, CodeDataset(torch.randint(0, 4, (10, 2, 2)))))
-        ['bits_per_code', 'nll']
-    """
-    from aelab.data.base import random_subset
-    from aelab.training.batches import eval_batches
-
-    data = random_subset(data, limit, seed=0)  # never the first N: splits may be sorted by label
-    device = next(prior.parameters()).device
-    was_training = prior.training
-    prior.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    for x, _ in eval_batches(data, batch_size):
-        out = prior.loss(x.to(device))
-        b = x.shape[0]
-        sums["nll"] = sums.get("nll", 0.0) + out.per_example.double().sum().item()
-        for k, v in out.terms.items():
-            if k != "nll":
-                sums[k] = sums.get(k, 0.0) + v.item() * b
-        n += b
-    prior.train(was_training)
-    return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-def train_code_prior(prior: CodePrior | VQVAE2Prior, train: CodeDataset, test: CodeDataset | None,
-                     cfg: Any = None, run_dir: str | Path | None = None, *, resume: bool = False,
-                     on_epoch_end: list | None = None, run_config: dict[str, Any] | None = None) -> dict[str, float]:
-    """Fit ``prior`` to code grids with the model-agnostic trainer (schedules, checkpoints, exact resume).
-
-    Each epoch ends with :func:`evaluate_code_prior` on ``test`` (``nll`` in nats per grid,
-    ``bits_per_code``); ``run_dir`` receives ``metrics.jsonl``, the resumable checkpoint and the
-    prior's ``config.json`` + ``model.safetensors`` (:func:`load_code_prior` reads it). Image
-    pictures are switched off (a prior has nothing to reconstruct). Give a VQ-VAE run its prior
-    in a subdirectory (e.g. ``RUN_DIR/prior``): the run's own ``config.json`` describes the VQ-VAE.
-
-    Args:
-        prior: a code prior (e.g. from :func:`build_code_prior`).
-        train, test: code splits (``test`` may be ``None``: no evaluation).
-        cfg: a :class:`aelab.training.trainer.TrainerConfig` (``None``: its defaults).
-        run_dir: output directory (``None``: nothing written).
-        resume: continue from ``run_dir``'s checkpoint.
-        on_epoch_end: trainer callbacks ``(trainer, metrics)``.
-        run_config: more entries for the saved ``config.json`` (e.g. the VQ-VAE run it belongs to).
-
-    Returns:
-        The last evaluation metrics.
-    """
-    from aelab.training.trainer import Trainer, TrainerConfig
-
-    cfg = dataclasses.replace(cfg or TrainerConfig(), images=False)
-    if isinstance(train, CodeDataset) and train.class_conditional != prior.class_conditional:
-        raise ValueError(f"the prior is {'' if prior.class_conditional else 'not '}class-conditional but the data set "
-                         f"has class_conditional={train.class_conditional}")
-    evaluate = partial(evaluate_code_prior, batch_size=cfg.eval_batch_size, limit=cfg.eval_limit)
-    trainer = Trainer(prior, train, test, cfg, run_dir, evaluate=evaluate, on_epoch_end=on_epoch_end,
-                      run_config=run_config)
-    return trainer.fit(resume=resume)
+    def __init__(self, cfg: PixelSNAILPriorConfig) -> None:
+        super().__init__(cfg, PixelSNAIL(cfg.num_codes, cfg.grid_shape, cfg.channels, cfg.blocks, cfg.layers,
+                                         cfg.heads, cfg.kernel_size, cfg.positional, cfg.num_classes,
+                                         cfg.cond_channels if cfg.cond_codes else 0))

@@ -30,13 +30,17 @@ from aelab.io import atomic_path
 from aelab.likelihoods import mean_image
 from aelab.metrics.latent import LatentStatistics, collect_latent_statistics, posterior_mean
 from aelab.metrics.likelihood import evaluation
-from aelab.report.images import make_grid, save_image_grid
+from aelab.nn.modes import eval_mode
+from aelab.protocol import Model, require
+from aelab.registry import EPOCH_FIGURES
+from aelab.report.images import make_grid, reconstruction_grid, save_image_grid
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
     "decoded_manifold",
+    "epoch_images",
     "latent_traversal",
     "plot_image_rows",
     "plot_kl_per_dimension",
@@ -385,15 +389,15 @@ def write_run_figures(model: nn.Module, test: ImageDataset, out_dir: str | Path,
         kl_chart: also write the KL-per-dimension bar chart.
         seed: seeds the subset, the example and the samples.
     """
-    if getattr(model, "prior", None) is None:
-        raise ValueError(f"model {getattr(model, 'name', '')!r} has no prior: nothing to traverse or sample")
+    require(model, "latent_prior", what="traversals and samples")
     out = Path(out_dir)
     written: list[Path] = []
     stats = collect_latent_statistics(model, test, limit=limit, seed=seed)
     d = stats.codes.shape[1]
     dims = top_dimensions(stats, n_dims)
     t, values = traversal_values(model, steps, seed=seed)
-    x0, y0 = test.get_batch(torch.randint(len(test), (1,), generator=torch.Generator().manual_seed(seed)))
+    batch = test.get_batch(torch.randint(len(test), (1,), generator=torch.Generator().manual_seed(seed)))
+    x0, y0 = batch.x, batch.y
     with evaluation(model, seed) as device:
         images = latent_traversal(model, x0.to(device), dims, values)
     per_dim = stats.kl.mean(0) if stats.kl.dim() == 2 else None
@@ -429,3 +433,30 @@ def write_run_figures(model: nn.Module, test: ImageDataset, out_dir: str | Path,
         written.append(plot_training_curves(metrics, out / f"training_curves{suffix}.png",
                                             title=f"Training curves{cap}"))
     return written
+
+
+@EPOCH_FIGURES.register("images")
+def epoch_images(model: Model, test: ImageDataset, out_dir: str | Path, epoch: int,
+                 class_names: Sequence[str] | None = None) -> None:
+    """The image families' per-epoch pictures in ``out_dir``: reconstructions of a fixed spread of
+    32 test images, for models that can sample 64 samples (the same prior draws every epoch), and
+    for models with a continuous prior the traversals (and for 2-D codes the manifold and the code
+    scatter) of :func:`write_run_figures`. Files are suffixed ``_epoch{epoch + 1:03d}``.
+
+    The caller keeps the training RNG stream apart (the trainer runs this inside ``fork_rng``).
+    """
+    out = Path(out_dir)
+    caps = model.capabilities
+    n = min(32, len(test))
+    idx = torch.linspace(0, len(test) - 1, n).long()  # the built-in splits are sorted by label
+    x = test.get_batch(idx).x.to(next(model.parameters()).device)
+    with eval_mode(model):
+        if caps.reconstruct:
+            grid = reconstruction_grid(x, model.reconstruct(x))
+            save_image_grid(grid, out / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
+        if caps.sample:
+            torch.manual_seed(0)
+            save_image_grid(model.sample(64), out / f"samples_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
+        if caps.latent_prior:  # traversals etc. draw from their own seeded RNG
+            write_run_figures(model, test, out, class_names=class_names, suffix=f"_epoch{epoch + 1:03d}",
+                              caption=f"epoch {epoch + 1}", samples=False, kl_chart=False)

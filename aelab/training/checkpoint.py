@@ -1,7 +1,8 @@
 """Pickle-free trainer checkpoints: one safetensors file, written atomically.
 
-``trainer_state.safetensors`` holds everything a resumed run needs (model weights, optimizer
-moments, the RNG state) as tensors, plus JSON metadata (step, epoch, optimizer hyper-parameters).
+``trainer_state.safetensors`` holds everything a resumed run needs (model weights, the moments of
+every optimizer, keyed by its parameter group's name, the RNG state) as tensors, plus JSON
+metadata (step, epoch, each optimizer's hyper-parameters).
 One file means one atomic rename: a run killed at any moment leaves the previous checkpoint or
 the new one, never a mixture.
 """
@@ -9,6 +10,7 @@ the new one, never a mixture.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +24,34 @@ from aelab.io import atomic_path
 STATE_NAME = "trainer_state.safetensors"
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
                     meta: dict[str, Any]) -> None:
+    """Write model, optimizers (``{group name: optimizer}``), RNG and ``meta`` to ``path`` atomically."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().contiguous()
-    opt = optimizer.state_dict()
-    for pid, state in opt["state"].items():
-        for k, v in state.items():
-            if not torch.is_tensor(v):
-                raise TypeError(f"optimizer state {pid}.{k} is not a tensor ({type(v).__name__})")
-            tensors[f"optim.{pid}.{k}"] = v.detach().contiguous()
+    param_groups: dict[str, Any] = {}
+    for group, optimizer in optimizers.items():
+        if "." in group:
+            raise ValueError(f"optimizer group names must not contain '.', got {group!r}")
+        opt = optimizer.state_dict()
+        param_groups[group] = opt["param_groups"]
+        for pid, state in opt["state"].items():
+            for k, v in state.items():
+                if not torch.is_tensor(v):
+                    raise TypeError(f"optimizer {group!r} state {pid}.{k} is not a tensor ({type(v).__name__})")
+                tensors[f"optim.{group}.{pid}.{k}"] = v.detach().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     device = _cuda_device(model)
     if device is not None:  # training draws (reparameterisation noise) come from the CUDA generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    info = {**meta, "param_groups": opt["param_groups"]}
+    info = {**meta, "optimizers": param_groups}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info)})
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from ``path``; returns the metadata (step, epoch, ...)."""
+def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore model, optimizers and RNG from ``path``; returns the metadata (step, epoch, ...)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: nothing to resume from")
     try:
@@ -53,12 +61,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     except Exception as e:  # safetensors raises several types for damaged files
         raise ValueError(f"{path}: cannot read trainer checkpoint ({e})") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    saved = meta.pop("optimizers")
+    if set(saved) != set(optimizers):
+        raise ValueError(f"{path}: the checkpoint holds optimizers {sorted(saved)}, the model has {sorted(optimizers)}")
+    states: dict[str, dict[int, dict[str, torch.Tensor]]] = {g: {} for g in saved}
     for k, v in tensors.items():
         if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+            _, group, pid, name = k.split(".", 3)
+            states[group].setdefault(int(pid), {})[name] = v
+    for group, optimizer in optimizers.items():
+        optimizer.load_state_dict({"state": states[group], "param_groups": saved[group]})
     torch.set_rng_state(tensors["rng.torch"])
     device = _cuda_device(model)
     if device is not None and "rng.cuda" in tensors:

@@ -1,14 +1,18 @@
 """A model-agnostic training loop with exact resume.
 
-The loop knows nothing about the model beyond ``model.loss(x, step) -> LossOutput``. Everything
-that changes with time is a pure function of the step (learning-rate and weight schedules, the
-data order), and the one stateful thing, torch's RNG, is checkpointed with the weights and the
-optimizer. So a run stopped after any checkpoint and resumed ends bit-identical (on CPU, same
-thread count) to an uninterrupted run.
+The loop knows nothing about the model beyond the protocol of :mod:`aelab.protocol`:
+``model.loss(batch, step) -> LossOutput`` on :class:`~aelab.batch.Batch` structures it never looks
+inside, or the model's own ``train_step`` over its ``optimizer_groups`` (one optimizer each) when
+it declares ``capabilities.own_step``. The per-epoch evaluation and pictures are the callbacks the
+model's registry entry names. Everything that changes with time is a pure function of the step
+(learning-rate and weight schedules, the data order), and the one stateful thing, torch's RNG, is
+checkpointed with the weights and every optimizer. So a run stopped after any checkpoint and
+resumed ends bit-identical (on CPU, same thread count) to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from tqdm.auto import tqdm
 
-from aelab.data.base import ImageDataset
+from aelab.batch import Batch
+from aelab.data.base import Split
+from aelab.data.batches import steps_per_epoch, train_batches
 from aelab.io import atomic_write_text
 from aelab.losses.schedules import lr_multiplier
+from aelab.protocol import Model, StepContext, model_spec
+from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES
 from aelab.training import optim
-from aelab.training.batches import steps_per_epoch, train_batches
 from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
 
 # torch's Adam/AdamW with a leaner fused step (bitwise the same updates; aelab.training.optim)
@@ -133,19 +140,34 @@ class NonFiniteLossError(RuntimeError):
 
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
+Evaluation = Callable[[Model, Split], dict[str, float]]
+Figures = Callable[[Model, Split, Path, int, Sequence[str] | None], None]
+
+
+def epoch_callbacks(model: Model) -> tuple[Callable | None, Callable | None]:
+    """The per-epoch evaluation ``f(model, split, trainer_cfg)`` and pictures
+    ``f(model, split, out_dir, epoch, class_names)`` that ``model``'s registry entry names
+    (``None`` where it names none)."""
+    spec = model_spec(model)
+    ev = EPOCH_EVALUATIONS.get(spec.evaluation) if isinstance(spec.evaluation, str) else spec.evaluation
+    fig = EPOCH_FIGURES.get(spec.figures) if isinstance(spec.figures, str) else spec.figures
+    return ev, fig
 
 
 class Trainer:
     """Trains ``model`` on ``train`` and evaluates on ``test`` after each epoch.
 
     Args:
-        model: anything with ``loss(x, step) -> LossOutput`` (all aelab models).
+        model: a :class:`~aelab.protocol.Model` (every registered aelab model).
         train, test: data splits.
         cfg: trainer settings.
         run_dir: where checkpoints, metrics, TensorBoard events and pictures go (``None``: nowhere).
-        evaluate: ``evaluate(model, test) -> dict[str, float]`` run after each epoch (default:
+        evaluate: ``evaluate(model, test) -> dict[str, float]`` run after each epoch (default: the
+            evaluation the model's registry entry names, given ``cfg``; for the image families
             reconstruction metrics, plus latent diagnostics and the IWAE NLL for models with a
             prior, as ``cfg`` asks).
+        figures: ``figures(model, test, out_dir, epoch, class_names)`` run after each epoch when
+            ``cfg.images`` (default: the pictures the model's registry entry names).
         on_epoch_end: callbacks ``(trainer, metrics)``, e.g. for printing.
         run_config: the full run configuration, saved as ``config.json`` with the weights.
 
@@ -155,7 +177,7 @@ class Trainer:
 
     Example:
         >>> from aelab.data.base import TensorImageDataset
-        >>> from aelab.models import build_model
+        >>> from aelab.protocol import build_model
         >>> data = TensorImageDataset(torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8),
         ...                           torch.zeros(64, dtype=torch.long))
         >>> model = build_model("ae", image_shape=(1, 8, 8), latent_dim=4, backbone={"hidden": (16,)})
@@ -166,22 +188,33 @@ class Trainer:
 
     class_names: Sequence[str] | None = None
 
-    def __init__(self, model: nn.Module, train: ImageDataset, test: ImageDataset | None,
+    def __init__(self, model: Model, train: Split, test: Split | None,
                  cfg: TrainerConfig, run_dir: str | Path | None = None,
-                 evaluate: Callable[[nn.Module, ImageDataset], dict[str, float]] | None = None,
+                 evaluate: Evaluation | None = None, figures: Figures | None = None,
                  on_epoch_end: list[Callback] | None = None,
                  run_config: dict[str, Any] | None = None) -> None:
         self.model, self.train_data, self.test_data, self.cfg = model, train, test, cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if evaluate is None:
-            evaluate = partial(default_evaluate, cfg=cfg)
+        if evaluate is None or figures is None:
+            spec_evaluate, spec_figures = epoch_callbacks(model)
+            if evaluate is None and spec_evaluate is not None:
+                evaluate = partial(spec_evaluate, cfg=cfg)
+            figures = figures if figures is not None else spec_figures
         self.evaluate = evaluate
+        self.figures = figures
         self.callbacks = list(on_epoch_end or [])
         self.run_config = run_config
         self.device = resolve_device(cfg.device)
         model.to(self.device)
-        self.optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                                   weight_decay=cfg.weight_decay, fused=cfg.fused or None)
+        self.own_step = model.capabilities.own_step
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            name: OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                            fused=cfg.fused or None)
+            for name, params in model.optimizer_groups().items()}
+        if len(self.optimizers) > 1 and not self.own_step:
+            raise ValueError(f"model {model.name!r} has {len(self.optimizers)} optimizer groups but no train_step "
+                             "of its own (capabilities.own_step)")
+        self._context = StepContext(autocast=self._autocast, grad_clip=cfg.grad_clip, check_finite=self._check_finite)
         self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -192,6 +225,13 @@ class Trainer:
         self._checkpoint_step: int | None = None
 
     # --- bookkeeping --------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of a model with one parameter group."""
+        if len(self.optimizers) != 1:
+            raise AttributeError(f"the model has {len(self.optimizers)} optimizers: use trainer.optimizers")
+        return next(iter(self.optimizers.values()))
+
     @property
     def epoch(self) -> int:
         return self.step // self.steps_per_epoch
@@ -218,7 +258,7 @@ class Trainer:
         """Write a resumable checkpoint and the current weights (each file atomically)."""
         if self.run_dir is None:
             return
-        save_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizer,
+        save_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers,
                         {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps})
         extra = {k: v for k, v in (self.run_config or {}).items() if k not in ("model", "model_config")}
         self.model.save_pretrained(self.run_dir, extra_config=extra)
@@ -228,7 +268,7 @@ class Trainer:
         """Continue from ``run_dir``'s checkpoint: weights, optimizer, RNG and step."""
         if self.run_dir is None:
             raise ValueError("resume needs a run directory")
-        meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizer)
+        meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers)
         self.step = int(meta["step"])
         self._checkpoint_step = self.step
         metrics = self.run_dir / "metrics.jsonl"
@@ -252,8 +292,6 @@ class Trainer:
         self.model.train()
         bar = None
         if cfg.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.total_steps, initial=self.step, disable=None, dynamic_ncols=True,
                        desc=f"epoch {self.epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}")
         try:
@@ -261,9 +299,9 @@ class Trainer:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 t0 = time.perf_counter()
                 seen = 0
-                for x, _ in train_batches(self.train_data, cfg.batch_size, cfg.seed, epoch, start):
-                    logs = self._train_step(x)
-                    seen += x.shape[0]
+                for batch in train_batches(self.train_data, cfg.batch_size, cfg.seed, epoch, start):
+                    logs = self._train_step(batch)
+                    seen += len(batch)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
@@ -285,28 +323,43 @@ class Trainer:
                 self._writer = None
         return self.last_metrics
 
-    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.cfg.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _check_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
+        if not math.isfinite(value):
+            self._non_finite(what, value, terms)
+
+    def _train_step(self, batch: Batch) -> dict[str, float]:
         cfg = self.cfg
         lr = cfg.lr * lr_multiplier(cfg.lr_schedule, self.step, self.total_steps, cfg.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        x = x.to(self.device, non_blocking=True)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        batch = batch.to(self.device, non_blocking=True)
+        if self.own_step:
+            logs = self.model.train_step(batch, self.step, self.optimizers, self._context)
+            self._check_finite("loss", logs["loss"], {})
+            self.step += 1
+            return {**logs, "lr": lr}
+        optimizer = self.optimizer
         dtype = PRECISIONS[cfg.precision]
         if dtype is None:
-            out = self.model.loss(x, self.step)
+            out = self.model.loss(batch, self.step)
         else:
             with torch.autocast(self.device.type, dtype=dtype):
-                out = self.model.loss(x, self.step)
+                out = self.model.loss(batch, self.step)
         loss = out.loss.item()
         if not math.isfinite(loss):
             self._non_finite("loss", loss, out.terms)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
             if not math.isfinite(norm):
                 self._non_finite("gradient norm", norm, out.terms)
-        self.optimizer.step()
+        optimizer.step()
         self.step += 1
         return {"loss": loss, **{k: v.item() for k, v in out.terms.items()}, "lr": lr}
 
@@ -324,10 +377,11 @@ class Trainer:
         metrics: dict[str, Any] = {"step": self.step, "epoch": epoch, "split": "test"}
         # evaluation and pictures must not consume the training RNG stream (exact resume)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            if self.test_data is not None:
+            if self.test_data is not None and self.evaluate is not None:
                 metrics |= self.evaluate(self.model, self.test_data)
-            if self.run_dir is not None and self.cfg.images and self.test_data is not None:
-                self.write_images(epoch)
+            if (self.run_dir is not None and self.cfg.images and self.test_data is not None
+                    and self.figures is not None):
+                self.figures(self.model, self.test_data, self.run_dir / "images", epoch, self.class_names)
         metrics |= {"seconds": seconds, "samples_per_second": seen / max(seconds, 1e-9)}
         self.model.train()
         self._log(metrics)
@@ -335,55 +389,3 @@ class Trainer:
         self.save()
         for cb in self.callbacks:
             cb(self, self.last_metrics)
-
-    def write_images(self, epoch: int) -> None:
-        from aelab.report.figures import write_run_figures
-        from aelab.report.images import reconstruction_grid, save_image_grid
-
-        images = self.run_dir / "images"
-        n = min(32, len(self.test_data))
-        # a fixed spread of test images (the built-in splits are sorted by label)
-        idx = torch.linspace(0, len(self.test_data) - 1, n).long()
-        x, _ = self.test_data.get_batch(idx)
-        self.model.eval()
-        grid = reconstruction_grid(x, self.model.reconstruct(x))
-        save_image_grid(grid, images / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
-        if getattr(self.model, "prior", None) is not None:
-            torch.manual_seed(0)  # the same prior draws every epoch (we run inside _end_epoch's fork_rng)
-            save_image_grid(self.model.sample(64), images / f"samples_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
-        # traversals (and for 2-D codes the manifold and the code scatter): own seeded RNG; a code
-        # prior (VQ models) has no continuous latents to traverse
-        if getattr(self.model, "prior", None) is not None and getattr(self.model, "code_shapes", None) is None:
-            write_run_figures(self.model, self.test_data, images, class_names=self.class_names,
-                              suffix=f"_epoch{epoch + 1:03d}", caption=f"epoch {epoch + 1}", samples=False,
-                              kl_chart=False)
-        self.model.train()
-
-
-def default_evaluate(model: nn.Module, data: ImageDataset, cfg: TrainerConfig) -> dict[str, float]:
-    """The trainer's per-epoch evaluation on the test split.
-
-    Reconstruction metrics for every model; for vector-quantised models (``code_shapes``) also
-    the codebook health (:func:`aelab.metrics.codebook.codebook_metrics`); for models with a
-    prior over continuous latents also the latent diagnostics
-    (``cfg.diagnostics``) and the IWAE NLL with its ELBO (``cfg.iwae_k`` samples on a random
-    ``cfg.iwae_limit`` test examples). The metrics draw from their own seeded RNG streams, so the
-    numbers are comparable across epochs and evaluation never touches the training stream.
-    """
-    from aelab.metrics.latent import latent_diagnostics
-    from aelab.metrics.likelihood import likelihood_metric
-    from aelab.metrics.reconstruction import evaluate_reconstruction
-
-    out = evaluate_reconstruction(model, data, cfg.eval_batch_size, cfg.eval_limit)
-    if getattr(model, "code_shapes", None) is not None:  # discrete codes: no p(z) to score, codebook health instead
-        from aelab.metrics.codebook import codebook_metrics
-
-        return out | codebook_metrics(model, data, cfg.eval_batch_size, cfg.eval_limit)
-    if getattr(model, "prior", None) is None:
-        return out
-    if cfg.diagnostics:
-        out |= latent_diagnostics(model, data, cfg.eval_batch_size, limit=cfg.eval_limit)
-    if cfg.iwae_k > 0:
-        limit = min(cfg.iwae_limit, cfg.eval_limit or cfg.iwae_limit)
-        out |= likelihood_metric(model, data, k=cfg.iwae_k, limit=limit)
-    return out
