@@ -1,4 +1,5 @@
-"""Honest dependencies: private PyTorch functions only on checked versions, with a public fallback."""
+"""Honest dependencies: private PyTorch functions only on checked versions, with a public fallback;
+optional packages fail with a one-line message where they are used."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from aelab import compat
-from aelab.compat import private_attr, set_private_torch, torch_series_checked
+from aelab.compat import MissingDependencyError, private_attr, set_private_torch, torch_series_checked
+from aelab.report import figures
 
 
 def test_checked_versions_and_probe(monkeypatch):
@@ -66,3 +68,12 @@ print("ok")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
+
+def test_missing_matplotlib_gives_one_clear_line(monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "import matplotlib" fails
+    with pytest.raises(MissingDependencyError) as err:
+        figures.plot_kl_per_dimension([0.5, 0.1], tmp_path / "kl.png")
+    assert str(err.value) == "aelab: figures need matplotlib: pip install 'matplotlib>=3.7'"
+    assert isinstance(err.value, ImportError)
+    assert not (tmp_path / "kl.png").exists()
