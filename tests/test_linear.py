@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab.compat import public_torch, set_private_torch
 from aelab.losses.terms import encoder_jacobian_sq_norm
 from aelab.nn import linear as L
 from aelab.nn.linear import Linear, cpu_gemm, cpu_gemm_mode, linear, set_cpu_gemm
@@ -124,3 +125,48 @@ def test_mode_setting_and_bad_values(monkeypatch):
         cpu_gemm_mode()
     with pytest.raises(ValueError, match="cpu_gemm: expected one of"):
         set_cpu_gemm("fast")
+
+
+@pytest.mark.parametrize("shape", [(100, 784), (7, 3, 64)])
+def test_forced_public_path_is_torch_linear(shape):
+    """Under public_torch() even the "onednn" rule runs torch.nn.functional.linear: bitwise its
+    result and gradients, and the oneDNN result to float32 rounding where oneDNN exists."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn(48, shape[-1], generator=gen) / shape[-1] ** 0.5
+    b = torch.randn(48, generator=gen)
+    with cpu_gemm("onednn"), public_torch():
+        public = _grads(linear, x, w, b)
+        assert type(linear(x.requires_grad_(), w, b).grad_fn).__name__ != "_OneDNNLinearBackward"
+    for a, e in zip(public, _grads(F.linear, x.detach(), w, b)):
+        assert torch.equal(a, e)
+    if L._onednn_available():
+        with cpu_gemm("onednn"):
+            fast = _grads(linear, x.detach(), w, b)
+        for a, e in zip(public, fast):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_switched_off_between_forward_and_backward():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 784, generator=gen)
+    w = torch.randn(48, 784, generator=gen, requires_grad=True)
+    with cpu_gemm("onednn"):
+        y = linear(x, w)
+        assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+        with public_torch():
+            y.sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(100, 48).t() @ x, rtol=1e-5, atol=1e-4)
+
+
+def test_environment_switch_forces_the_public_path(monkeypatch):
+    x, w = torch.randn(100, 784), torch.randn(512, 784, requires_grad=True)
+    monkeypatch.setenv("AELAB_TORCH_PRIVATE", "0")
+    try:
+        set_private_torch(None)  # re-read the environment
+        with cpu_gemm("onednn"):
+            assert type(linear(x, w).grad_fn).__name__ == "MmBackward0"
+    finally:
+        monkeypatch.delenv("AELAB_TORCH_PRIVATE")
+        set_private_torch(None)

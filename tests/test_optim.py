@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from aelab.compat import public_torch
 from aelab.training import optim
 from aelab.training.trainer import OPTIMIZERS
+
+needs_lean = pytest.mark.skipif(not optim.LEAN_AVAILABLE,
+                                reason="lean step off: unchecked PyTorch or private API missing")
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -64,6 +68,7 @@ def test_bitwise_equal_to_torch_fused(kind: str, kwargs: dict) -> None:
     _same_state(ref, ours)
 
 
+@needs_lean
 def test_lean_path_is_taken_after_the_first_step(monkeypatch) -> None:
     net = _net()
     opt = optim.Adam(net.parameters(), fused=True)
@@ -144,3 +149,54 @@ def test_zero_grad_and_profiler_names() -> None:
 def test_trainer_uses_the_lean_optimizers() -> None:
     assert {"adam": optim.Adam, "adamw": optim.AdamW} == OPTIMIZERS
     assert issubclass(optim.Adam, torch.optim.Adam) and issubclass(optim.AdamW, torch.optim.AdamW)
+
+
+def _no_kernel(*args, **kwargs):
+    raise AssertionError("the private fused kernel ran under public_torch()")
+
+
+@pytest.mark.parametrize("kind,kwargs", [("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+                                         ("AdamW", {"weight_decay": 0.05})])
+def test_forced_public_step_is_bitwise_the_lean_step(kind: str, kwargs: dict, monkeypatch) -> None:
+    """Under public_torch() every step is torch's own (no private kernel call), with the same bits."""
+    fast_net, public_net, ref_net = _net(), _net(), _net()
+    fast = getattr(optim, kind)(fast_net.parameters(), fused=True, **kwargs)
+    public = getattr(optim, kind)(public_net.parameters(), fused=True, **kwargs)
+    ref = getattr(torch.optim, kind)(ref_net.parameters(), fused=True, **kwargs)
+    fast_losses = _train(fast_net, fast, 7, frozen="2.weight")
+    with monkeypatch.context() as m, public_torch():
+        m.setitem(optim._FUSED, False, _no_kernel)
+        m.setitem(optim._FUSED, True, _no_kernel)
+        assert optim._lean_groups(public) is None
+        public_losses = _train(public_net, public, 7, frozen="2.weight")
+    assert public_losses == fast_losses == _train(ref_net, ref, 7, frozen="2.weight")
+    for p, q, r in zip(fast_net.parameters(), public_net.parameters(), ref_net.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
+    _same_state(fast, public)
+
+
+def test_switching_paths_mid_run_changes_nothing() -> None:
+    """Fast, then public, then fast again: the same bits as the fast path throughout (one state format)."""
+    net, mixed_net = _net(), _net()
+    opt, mixed = optim.Adam(net.parameters(), fused=True), optim.Adam(mixed_net.parameters(), fused=True)
+    for _ in range(3):  # _train restarts its batches and learning rates at step 0
+        _train(net, opt, 3)
+    _train(mixed_net, mixed, 3)
+    with public_torch():
+        _train(mixed_net, mixed, 3)
+    _train(mixed_net, mixed, 3)
+    for p, q in zip(net.parameters(), mixed_net.parameters()):
+        assert torch.equal(p, q)
+    _same_state(opt, mixed)
+
+
+def test_public_step_matches_unfused_torch_adam_within_tolerance() -> None:
+    """The forced-public fused step and torch's unfused (foreach) Adam agree to float32 rounding."""
+    net, ref_net = _net(), _net()
+    opt = optim.Adam(net.parameters(), fused=True)
+    ref = torch.optim.Adam(ref_net.parameters(), foreach=True)
+    with public_torch():
+        _train(net, opt, 7)
+    _train(ref_net, ref, 7)
+    for p, q in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -24,6 +24,11 @@ Eligible means: CPU tensors, float32 input and weight, no autocast (under autoca
 bfloat16 path, already oneDNN, runs), no ``torch.func`` transform, not being compiled. Anything
 else, and double backward (``create_graph=True``, as in the contractive AE), uses the ordinary
 differentiable operations. ``benchmarks/cpu_gemm.py`` measures both backends side by side.
+
+The oneDNN path calls PyTorch's private ``torch.ops.mkldnn._linear_pointwise`` (and
+``torch._C._functorch.is_functorch_wrapped_tensor``), so it runs only on a checked PyTorch where
+both exist (:mod:`aelab.compat`); elsewhere, and under ``AELAB_TORCH_PRIVATE=0`` or
+:func:`aelab.compat.public_torch`, every product is ``torch.nn.functional.linear``.
 """
 
 from __future__ import annotations
@@ -37,8 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aelab.compat import private_attr, private_torch_enabled
+
 MODES = ("auto", "onednn", "blas")
 MIN_WORK = 1 << 22  # batch * in * out below which "auto" keeps the BLAS
+
+# the private functions of the oneDNN path; None where this torch lacks one or is unchecked
+_linear_pointwise = private_attr("torch.ops.mkldnn._linear_pointwise")
+_is_functorch_wrapped = private_attr("torch._C._functorch.is_functorch_wrapped_tensor")
 
 _mode: str | None = None  # None: read AELAB_CPU_GEMM
 
@@ -90,7 +101,8 @@ def cpu_gemm(mode: str) -> Iterator[None]:
 
 @functools.cache
 def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return (torch.backends.mkldnn.is_available() and _linear_pointwise is not None
+            and _is_functorch_wrapped is not None)
 
 
 @functools.cache
@@ -99,7 +111,7 @@ def _has_avx512() -> bool:
 
 
 def _transformed(t: Tensor) -> bool:
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return _is_functorch_wrapped(t)
 
 
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -112,14 +124,15 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
     if mode == "auto" and (not _has_avx512()
                            or x.numel() // x.shape[-1] * weight.shape[0] * weight.shape[1] < MIN_WORK):
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _transformed(x) or _transformed(weight):
+    if not _onednn_available() or not private_torch_enabled():
         return False
-    return _onednn_available()
+    return not (torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _transformed(x)
+                or _transformed(weight))
 
 
 def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a @ b.T (+ bias)`` by oneDNN, for 2-D float32 CPU tensors (transposed views are fine)."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return _linear_pointwise(a, b, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -135,8 +148,10 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x2, weight = ctx.saved_tensors
         g = grad.reshape(-1, weight.shape[0])
-        # double backward or a vmapped backward: ordinary, differentiable operations
-        plain = torch.is_grad_enabled() or _transformed(g) or g.dtype != torch.float32
+        # double backward or a vmapped backward: ordinary, differentiable operations (and the
+        # public ones if private functions were switched off since the forward)
+        plain = (torch.is_grad_enabled() or _transformed(g) or g.dtype != torch.float32
+                 or not private_torch_enabled())
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             gx = g @ weight if plain else _mm(g, weight.t())

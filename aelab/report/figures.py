@@ -5,7 +5,8 @@ Two layers, as for metrics: functions that compute tensors from a model (``laten
 ``decoded_manifold``, ``prior_quantiles``), and ``plot_*`` functions that draw tensors or a
 ``metrics.jsonl`` into a PNG of a fixed pixel size (matplotlib's object API on the Agg canvas: no
 pyplot state, no display needed). :func:`write_run_figures` writes them all for a model and a test
-split. Files are written atomically. matplotlib is imported only when a figure is drawn.
+split. Files are written atomically. matplotlib is imported only when a figure is drawn; without
+it, drawing raises :class:`aelab.compat.MissingDependencyError` (image grids need only pillow).
 
 References:
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014 (the learned 2-D manifold).
@@ -15,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aelab.compat import MissingDependencyError
 from aelab.data.base import ImageDataset
 from aelab.io import atomic_path
 from aelab.likelihoods import mean_image
@@ -140,10 +143,20 @@ def top_dimensions(stats: LatentStatistics, n: int) -> list[int]:
 
 
 # --- drawing --------------------------------------------------------------------------------------
-def _figure(width_px: int, height_px: int) -> Figure:
-    from matplotlib.figure import Figure
+MATPLOTLIB_MISSING = "aelab: figures need matplotlib: pip install 'matplotlib>=3.7'"
 
-    return Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained")
+
+def _matplotlib(module: str = "matplotlib") -> Any:
+    """The module ``module`` of matplotlib, or a one-line :class:`MissingDependencyError` without it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(MATPLOTLIB_MISSING) from e
+
+
+def _figure(width_px: int, height_px: int) -> Figure:
+    figure = _matplotlib("matplotlib.figure").Figure
+    return figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained")
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -224,8 +237,7 @@ def plot_latent_scatter(codes: Tensor, labels: Tensor | None, path: str | Path, 
     pts = codes.numpy()
     labelled = labels is not None and labels.dim() == 1 and bool((labels >= 0).any())
     if labelled:
-        from matplotlib import colormaps
-
+        colormaps = _matplotlib().colormaps
         y = labels.cpu().numpy()
         classes = np.unique(y[y >= 0])
         cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]

@@ -16,6 +16,11 @@ attached (``grad_scale`` / ``found_inf``), no profiler running, every parameter 
 already holding its state, and each group's tensors on one device with one dtype. Otherwise,
 and always on the first step (which creates the state), ``step`` is torch's own, with its hooks
 and profiler range.
+
+The lean path calls PyTorch's private functions, so it exists only on a checked PyTorch with every
+one of them present (:mod:`aelab.compat`: ``CHECKED_TORCH`` and a probe of each function); elsewhere
+:class:`Adam` and :class:`AdamW` are torch's classes unchanged (plain subclasses). ``AELAB_TORCH_PRIVATE=0``
+or :func:`aelab.compat.public_torch` sends every step through torch's own ``step`` at run time.
 """
 
 from __future__ import annotations
@@ -23,17 +28,30 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.optim.optimizer import Optimizer, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-_FUSED = {False: getattr(torch, "_fused_adam_", None), True: getattr(torch, "_fused_adamw_", None)}
+from aelab.compat import private_attr, private_torch_enabled
+
+# the private functions and objects the lean path uses; None where this torch lacks one or is unchecked
+_FUSED = {False: private_attr("torch._fused_adam_"), True: private_attr("torch._fused_adamw_")}
+_foreach_add_ = private_attr("torch._foreach_add_")
+_profiler_enabled = private_attr("torch._C._autograd._profiler_enabled")
+_global_optimizer_pre_hooks = private_attr("torch.optim.optimizer._global_optimizer_pre_hooks")
+_global_optimizer_post_hooks = private_attr("torch.optim.optimizer._global_optimizer_post_hooks")
+_profile_hook_step = private_attr("torch.optim.Optimizer.profile_hook_step")
+# whether the lean step is defined at all (each group still needs its own kernel, see _lean_groups)
+LEAN_AVAILABLE = None not in (_foreach_add_, _profiler_enabled, _global_optimizer_pre_hooks,
+                              _global_optimizer_post_hooks, _profile_hook_step) and any(
+    f is not None for f in _FUSED.values())
 
 
 def _lean_groups(opt: torch.optim.Adam) -> list[tuple[dict[str, Any], list[list[torch.Tensor]]]] | None:
     """Per group: (group, [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]), or
     ``None`` where torch's full step is needed (see the module doc)."""
+    if not LEAN_AVAILABLE or not private_torch_enabled():  # public path: torch's own step
+        return None
     if (opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks or _global_optimizer_pre_hooks
             or _global_optimizer_post_hooks or getattr(opt, "grad_scale", None) is not None
-            or getattr(opt, "found_inf", None) is not None or torch._C._autograd._profiler_enabled()):
+            or getattr(opt, "found_inf", None) is not None or _profiler_enabled()):
         return None
     out = []
     for group in opt.param_groups:
@@ -70,8 +88,8 @@ def _lean_groups(opt: torch.optim.Adam) -> list[tuple[dict[str, Any], list[list[
 
 # torch's Adam.step with the hooks and profiler range every optimizer step has (torch adds them to
 # a class's step when its first instance is made; wrap it here unless that already happened)
-_FULL_STEP = (torch.optim.Adam.step if getattr(torch.optim.Adam.step, "hooked", False)
-              else Optimizer.profile_hook_step(torch.optim.Adam.step))
+_FULL_STEP = (torch.optim.Adam.step if getattr(torch.optim.Adam.step, "hooked", False) or not LEAN_AVAILABLE
+              else _profile_hook_step(torch.optim.Adam.step))
 
 
 class _LeanStep:
@@ -86,7 +104,7 @@ class _LeanStep:
                 if not params:
                     continue
                 beta1, beta2 = group["betas"]
-                torch._foreach_add_(steps, 1)
+                _foreach_add_(steps, 1)
                 _FUSED[bool(group["decoupled_weight_decay"])](
                     params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, amsgrad=group["amsgrad"],
                     lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
@@ -96,14 +114,18 @@ class _LeanStep:
     step.hooked = True  # keep torch from wrapping it in the profiler/hook wrapper (it delegates itself)
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102 - torch's semantics
-        if not set_to_none or torch._C._autograd._profiler_enabled():
+        if not set_to_none or not private_torch_enabled() or _profiler_enabled():
             return super().zero_grad(set_to_none)
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None
 
 
-class Adam(_LeanStep, torch.optim.Adam):
+# on an unchecked torch, or one without the private functions: torch's classes, unchanged
+_LEAN: tuple[type, ...] = (_LeanStep,) if LEAN_AVAILABLE else ()
+
+
+class Adam(*_LEAN, torch.optim.Adam):
     """``torch.optim.Adam`` with the lean fused step (bitwise the same updates; see the module doc).
 
     Example:
@@ -116,5 +138,5 @@ class Adam(_LeanStep, torch.optim.Adam):
     """
 
 
-class AdamW(_LeanStep, torch.optim.AdamW):
+class AdamW(*_LEAN, torch.optim.AdamW):
     """``torch.optim.AdamW`` with the lean fused step (bitwise the same updates; see the module doc)."""
