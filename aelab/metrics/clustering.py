@@ -22,6 +22,7 @@ from torch.distributions import Distribution, MixtureSameFamily
 
 from aelab.data.base import ImageDataset
 from aelab.nn.kmeans import kmeans
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
 __all__ = [
@@ -244,7 +245,7 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     References:
         Hubert & Arabie, 1985 (ARI); Vinh, Epps & Bailey, JMLR 2010 (NMI).
     """
-    from aelab.metrics.likelihood import evaluation, random_subset
+    from aelab.metrics.likelihood import random_subset
     from aelab.metrics.reconstruction import encode_dataset
 
     if assign not in ("auto", "prior", "kmeans"):

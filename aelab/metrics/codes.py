@@ -31,7 +31,8 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent
 
 from aelab.data.base import ImageDataset, random_subset
-from aelab.metrics.likelihood import evaluation, is_discrete_8bit
+from aelab.metrics.likelihood import is_discrete_8bit
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 from aelab.training.batches import eval_batches
 

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from aelab.data.base import ImageDataset
 from aelab.data.factors import sample_factors
 from aelab.metrics.probe import linear_probe
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
 __all__ = [
@@ -700,8 +701,6 @@ def disentanglement_metric(model: nn.Module, data: ImageDataset, n_samples: int 
         Chen et al., NeurIPS 2018 (MIG); Kumar et al., ICLR 2018 (SAP); Eastwood & Williams,
         ICLR 2018 (DCI); Higgins et al., ICLR 2017 (BetaVAE); Kim & Mnih, ICML 2018 (FactorVAE).
     """
-    from aelab.metrics.likelihood import evaluation
-
     render = getattr(data, "render", None)
     sizes = getattr(data, "factor_sizes", None)
     if render is None or sizes is None:

@@ -48,6 +48,7 @@ from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.io import atomic_write_bytes, sha256_file
 from aelab.nn.linear import Linear
+from aelab.nn.modes import eval_mode, evaluation, model_device
 from aelab.registry import METRICS
 from aelab.training.batches import epoch_order, eval_batches, steps_per_epoch
 
@@ -278,16 +279,12 @@ def classifier_outputs(classifier: FeatureClassifier, x: Tensor, batch_size: int
     float32 CPU tensors.
     """
     device = next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
     feats, probs = [], []
-    try:
+    with eval_mode(classifier):
         for i in range(0, x.shape[0], batch_size):
             f = classifier.features(x[i : i + batch_size].to(device))
             feats.append(f.float().cpu())
             probs.append(torch.softmax(classifier.head(f), -1).float().cpu())
-    finally:
-        classifier.train(was_training)
     return torch.cat(feats), torch.cat(probs)
 
 
@@ -570,8 +567,6 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
     References:
         Heusel et al., NeurIPS 2017 (FID); Salimans et al., NeurIPS 2016 (Inception score).
     """
-    from aelab.metrics.likelihood import evaluation, model_device
-
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     if not callable(getattr(model, "sample", None)) or getattr(model, "prior", True) is None:

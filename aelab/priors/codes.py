@@ -55,6 +55,7 @@ from aelab.config import default_config, from_dict, load_json, resolve_config
 from aelab.data.base import ImageDataset
 from aelab.models.base import CONFIG_NAME, load_weights, read_saved_config, save_module
 from aelab.nn.attention import PixelSNAIL
+from aelab.nn.modes import eval_mode
 from aelab.nn.pixelcnn import GatedPixelCNN, check_kernel_size
 from aelab.outputs import LossOutput
 from aelab.registry import CODE_PRIORS
@@ -644,19 +645,17 @@ def evaluate_code_prior(prior: nn.Module, data: ImageDataset, batch_size: int = 
 
     data = random_subset(data, limit, seed=0)  # never the first N: splits may be sorted by label
     device = next(prior.parameters()).device
-    was_training = prior.training
-    prior.eval()
     sums: dict[str, float] = {}
     n = 0
-    for x, _ in eval_batches(data, batch_size):
-        out = prior.loss(x.to(device))
-        b = x.shape[0]
-        sums["nll"] = sums.get("nll", 0.0) + out.per_example.double().sum().item()
-        for k, v in out.terms.items():
-            if k != "nll":
-                sums[k] = sums.get(k, 0.0) + v.item() * b
-        n += b
-    prior.train(was_training)
+    with eval_mode(prior):
+        for x, _ in eval_batches(data, batch_size):
+            out = prior.loss(x.to(device))
+            b = x.shape[0]
+            sums["nll"] = sums.get("nll", 0.0) + out.per_example.double().sum().item()
+            for k, v in out.terms.items():
+                if k != "nll":
+                    sums[k] = sums.get(k, 0.0) + v.item() * b
+            n += b
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
