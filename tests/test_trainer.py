@@ -10,8 +10,8 @@ from conftest import fit_until_interrupted, tiny_overrides
 from safetensors.torch import load_file
 
 from aelab.data.base import DataConfig, TensorImageDataset, load_data
-from aelab.losses.schedules import lr_multiplier, parse_schedule
 from aelab.models.base import Autoencoder, build_model
+from aelab.schedules import lr_multiplier, parse_schedule
 from aelab.training.checkpoint import STATE_NAME
 from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from aelab.latents.heads import DiagonalGaussianHead
-from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import AggregatePosteriorDivergence
 from aelab.models.base import Autoencoder, register_model
 from aelab.models.vae import VAEConfig, variational_autoencoder
+from aelab.schedules import parse_schedule
 
 
 @dataclass

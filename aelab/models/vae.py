@@ -8,10 +8,10 @@ from functools import partial
 
 from aelab.config import ConfigError
 from aelab.latents.heads import SCALE_PARAMS, DiagonalGaussianHead, LatentHead
-from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import KLDivergence, ReconstructionNLL
 from aelab.models.base import AEConfig, Autoencoder, build_autoencoder, register_model
 from aelab.priors.base import PriorConfig, build_prior
+from aelab.schedules import parse_schedule
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch import nn
 
 from aelab.data.base import ImageDataset
 from aelab.io import atomic_write_text
-from aelab.losses.schedules import lr_multiplier
+from aelab.schedules import lr_multiplier
 from aelab.training import optim
 from aelab.training.batches import steps_per_epoch, train_batches
 from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
