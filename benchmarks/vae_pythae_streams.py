@@ -60,11 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vae_vs_pythae as bench  # noqa: E402
 
 from aelab.data.base import DataConfig, load_data  # noqa: E402
+from aelab.data.batches import epoch_order  # noqa: E402
 from aelab.io import atomic_write_text  # noqa: E402
 from aelab.models.base import Autoencoder  # noqa: E402
 from aelab.nn.linear import Linear  # noqa: E402
 from aelab.training import optim  # noqa: E402
-from aelab.training.batches import epoch_order  # noqa: E402
 
 SWITCHES = ("logits", "fused", "onednn", "head", "order")
 LATENT, HIDDEN, PIXELS = 16, 512, 784

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.latents.vq import codebook_usage
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 
 @METRICS.register("codebook")

@@ -31,10 +31,10 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Independent
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.metrics.likelihood import is_discrete_8bit
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = ["code_likelihood_metric", "vq_bits_per_dim"]
 

@@ -46,11 +46,11 @@ from torch import Tensor, nn
 
 from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.data.batches import epoch_order, eval_batches, steps_per_epoch
 from aelab.io import atomic_write_bytes, sha256_file
 from aelab.nn.linear import Linear
 from aelab.nn.modes import eval_mode, evaluation, model_device
 from aelab.registry import METRICS
-from aelab.training.batches import epoch_order, eval_batches, steps_per_epoch
 
 __all__ = [
     "CACHE_ENV",

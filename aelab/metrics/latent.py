@@ -34,11 +34,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 from aelab.data.base import ImageDataset
+from aelab.data.batches import eval_batches
 from aelab.losses.terms import kl_per_dimension, kl_per_example
 from aelab.metrics.likelihood import random_subset
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = [
     "LatentStatistics",

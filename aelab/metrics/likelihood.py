@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.nn.modes import evaluation, model_device  # noqa: F401  (re-exported: aelab.cli imports them from here)
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 __all__ = [
     "bits_per_dim",

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 
 from aelab.data.base import ImageDataset, random_subset
+from aelab.data.batches import eval_batches
 from aelab.nn.modes import eval_mode
 from aelab.registry import METRICS
-from aelab.training.batches import eval_batches
 
 
 @METRICS.register("reconstruction")
