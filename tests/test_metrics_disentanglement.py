@@ -21,7 +21,8 @@ import torch
 
 import aelab
 from aelab.data.base import TensorImageDataset
-from aelab.data.dsprites import FACTOR_SIZES, DSprites, split_indices
+from aelab.data.dsprites import FACTOR_SIZES, NUM_IMAGES, DSprites
+from aelab.data.splits import split_indices
 from aelab.metrics.disentanglement import (
     beta_vae_score,
     dci,
@@ -233,7 +234,7 @@ def tiny_dsprites_vae():
 
 
 def test_disentanglement_wrapper_runs_on_dsprites(tiny_dsprites_vae):
-    data = DSprites(split_indices(0, test_size=100)[1])
+    data = DSprites(split_indices(NUM_IMAGES, 0, test_size=100)[1])
     fn = METRICS.get("disentanglement")
     kw = {"n_samples": 400, "n_points": 20, "group_size": 8, "batch_size": 256}
     tiny_dsprites_vae.train()

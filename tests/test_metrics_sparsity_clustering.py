@@ -12,7 +12,8 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 import aelab
 from aelab.data.base import TensorImageDataset
-from aelab.data.dsprites import DSprites, split_indices
+from aelab.data.dsprites import NUM_IMAGES, DSprites
+from aelab.data.splits import split_indices
 from aelab.metrics.clustering import (
     adjusted_rand_index,
     clustering_scores,
@@ -157,7 +158,7 @@ def tiny_model_and_dsprites():
     torch.manual_seed(0)
     model = aelab.build_model("vae", image_shape=(1, 64, 64), latent_dim=4,
                               backbone={"kind": "conv", "channels": (4, 8), "fc": 16})
-    return model, DSprites(split_indices(0, test_size=200)[1])
+    return model, DSprites(split_indices(NUM_IMAGES, 0, test_size=200)[1])
 
 
 def test_sparsity_and_clustering_wrappers_run_on_dsprites(tiny_model_and_dsprites):

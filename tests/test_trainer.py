@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from aelab.batch import Batch
 from aelab.data.base import DataConfig, TensorImageDataset, load_data
-from aelab.losses.schedules import lr_multiplier, parse_schedule
 from aelab.models import Autoencoder, build_model
+from aelab.schedules import lr_multiplier, parse_schedule
 from aelab.training.checkpoint import STATE_NAME
 from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig
 

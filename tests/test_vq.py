@@ -15,8 +15,8 @@ from aelab.data.base import DataConfig, TensorImageDataset, load_data
 from aelab.latents.vq import (
     QuantizerConfig,
     VectorQuantizer,
+    codebook_kmeans,
     codebook_usage,
-    kmeans,
     nearest_code,
     perplexity,
     squared_distances,
@@ -165,9 +165,9 @@ def test_kmeans_initialisation_lowers_quantisation_error():
         return squared_distances(z, codebook).min(1).values.mean().item()
 
     torch.manual_seed(1)
-    random_rows = kmeans(z, 8, iters=0)  # the k-means start: 8 random data points
+    random_rows = codebook_kmeans(z, 8, iters=0)  # the k-means start: 8 random data points
     torch.manual_seed(1)
-    assert error(kmeans(z, 8, iters=10)) < 0.5 * error(random_rows)
+    assert error(codebook_kmeans(z, 8, iters=10)) < 0.5 * error(random_rows)
     # through the layer: k-means on the first training batch beats the uniform initialisation
     errors = {}
     for init in (True, False):

@@ -44,7 +44,9 @@ import torch
 from torch import Tensor
 
 from aelab.batch import Batch
+from aelab.data import factors
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, ImageDataset
+from aelab.data.splits import split_indices
 from aelab.registry import DATASETS
 
 __all__ = [
@@ -161,7 +163,8 @@ def index_to_factors(index: Tensor) -> Tensor:
 
 
 def sample_factors(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` factor combinations drawn uniformly and independently.
+    """``n`` factor combinations drawn uniformly and independently
+    (:func:`aelab.data.factors.sample_factors` over dSprites' factor sizes).
 
     Arguments:
         n: The number of samples.
@@ -170,8 +173,7 @@ def sample_factors(n: int, generator: torch.Generator | None = None) -> Tensor:
     Returns:
         int64 factor indices ``(n, 5)``.
     """
-    cols = [torch.randint(0, s, (n,), generator=generator) for s in FACTOR_SIZES]
-    return torch.stack(cols, dim=-1)
+    return factors.sample_factors((n,), FACTOR_SIZES, generator)
 
 
 def _check_factors(factors: Tensor) -> Tensor:
@@ -301,22 +303,13 @@ class DSprites(ImageDataset):
         return f"DSprites(n={len(self)})"
 
 
-def split_indices(seed: int, test_size: int = TEST_SIZE) -> tuple[Tensor, Tensor]:
-    """A seeded random train/test split of the flat indices, each sorted (int32)."""
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(NUM_IMAGES, generator=gen).to(torch.int32)
-    test, _ = perm[:test_size].sort()
-    train, _ = perm[test_size:].sort()
-    return train, test
-
-
 @DATASETS.register("dsprites")
 def build_dsprites(cfg: DataConfig) -> DataSplits:
     """dSprites (2D shapes with 5 known factors), 64x64 binary, rendered on demand.
 
     A random test split of 10,000 images (seeded by ``cfg.seed``); the rest is train.
     """
-    train, test = split_indices(cfg.seed)
+    train, test = split_indices(NUM_IMAGES, cfg.seed, TEST_SIZE)
     info = DatasetInfo(
         name="dsprites",
         shape=DSprites.shape,

@@ -27,9 +27,10 @@ from torch import Tensor
 
 from aelab.config import ConfigError
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, TensorImageDataset
+from aelab.data.splits import split_indices
 from aelab.registry import DATASETS
 
-__all__ = ["IMAGE_SUFFIXES", "images_to_uint8", "labels_to_int64", "read_image_folder", "read_npz", "split_indices"]
+__all__ = ["IMAGE_SUFFIXES", "images_to_uint8", "labels_to_int64", "read_image_folder", "read_npz"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEST_FRACTION = 0.1
@@ -128,13 +129,12 @@ def labels_to_int64(y: np.ndarray, key: str, n: int, source: str | os.PathLike) 
     return torch.from_numpy(np.ascontiguousarray(y.astype(np.int64)))
 
 
-def split_indices(n: int, seed: int, test_fraction: float = TEST_FRACTION) -> tuple[Tensor, Tensor]:
-    """A seeded random train/test split of ``range(n)``, each part sorted."""
+def _held_out(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random train/test split of ``range(n)`` holding out ``TEST_FRACTION`` (at least
+    one image, and at least one left to train on), each part sorted."""
     if n < 2:
         raise ValueError(f"need at least 2 images to hold out a test split, got {n}")
-    n_test = min(n - 1, max(1, round(n * test_fraction)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
+    return split_indices(n, seed, min(n - 1, max(1, round(n * TEST_FRACTION))))
 
 
 def _info(
@@ -191,7 +191,7 @@ def build_npz(cfg: DataConfig) -> DataSplits:
             )
     elif "x" in arrays:
         x, y = _npz_split(arrays, "x", "y", path)
-        tr, te = split_indices(x.shape[0], cfg.seed)
+        tr, te = _held_out(x.shape[0], cfg.seed)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
     else:
         raise ValueError(f"{path}: expected arrays 'x_train' and 'x_test', or 'x' (arrays found: {found})")
@@ -297,6 +297,6 @@ def build_folder(cfg: DataConfig) -> DataSplits:
     All images must have the same size and mode; grayscale stays 1 channel, colour is RGB.
     """
     x, y, class_names, _ = read_image_folder(_user_path(cfg))
-    tr, te = split_indices(x.shape[0], cfg.seed)
+    tr, te = _held_out(x.shape[0], cfg.seed)
     train, test = TensorImageDataset(x[tr], y[tr]), TensorImageDataset(x[te], y[te])
     return DataSplits(train=train, test=test, info=_info("folder", train.shape, [y], class_names))

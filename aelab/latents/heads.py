@@ -15,9 +15,9 @@ from torch.distributions import Distribution, Independent
 from torch.nn import functional as F
 
 from aelab.distributions import DiagonalNormal, PointMass
-from aelab.losses.schedules import Schedule, constant
 from aelab.nn.backbones import ACTIVATIONS
 from aelab.nn.linear import Linear
+from aelab.schedules import Schedule, constant
 
 
 class LatentHead(nn.Module):

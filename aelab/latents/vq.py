@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from aelab.nn.kmeans import kmeans, squared_distances
 from aelab.nn.precision import float32_region, upcast
 
 
@@ -66,17 +67,6 @@ class QuantizerConfig:
             raise ValueError(f"quantizer.eps must be > 0, got {self.eps}")
         if self.dead_after < 0 or self.kmeans_iters < 0:
             raise ValueError("quantizer.dead_after and quantizer.kmeans_iters must be >= 0")
-
-
-def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
-    """``||z_n - e_k||^2`` for all pairs, ``(N, D), (K, D) -> (N, K)``.
-
-    Expanded as ``||z||^2 - 2 z E^T + ||e||^2``: one matrix product, never the ``(N, K, D)``
-    broadcast (which for a 128-image batch of 7x7 codes and K=512, D=64 would be 200M floats).
-    """
-    z2 = z.pow(2).sum(1, keepdim=True)  # (N, 1)
-    e2 = codebook.pow(2).sum(1)  # (K,)
-    return torch.addmm(e2 + z2, z, codebook.t(), alpha=-2.0)
 
 
 def nearest_code(z: Tensor, codebook: Tensor) -> Tensor:
@@ -222,8 +212,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _initialise(self, z: Tensor) -> None:
         if self.cfg.kmeans_init:
-            self._set_codes(torch.arange(self.num_codes, device=z.device), kmeans(z, self.num_codes,
-                                                                                  self.cfg.kmeans_iters))
+            codebook = codebook_kmeans(z, self.num_codes, self.cfg.kmeans_iters)
+            self._set_codes(torch.arange(self.num_codes, device=z.device), codebook)
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -249,21 +239,14 @@ class VectorQuantizer(nn.Module):
         return torch.tensor(len(dead), device=z.device)
 
 
-@torch.no_grad()
-def kmeans(z: Tensor, k: int, iters: int) -> Tensor:
-    """``k`` centroids of the rows of ``z`` by Lloyd's algorithm from ``k`` random rows, ``(N, D) -> (k, D)``.
+def codebook_kmeans(z: Tensor, num_codes: int, iters: int) -> Tensor:
+    """A k-means codebook for the rows of ``z``, ``(N, D) -> (num_codes, D)``: :func:`~aelab.nn.kmeans.kmeans`
+    from ``num_codes`` random rows (torch's global RNG), ``iters`` Lloyd iterations, no restarts.
 
-    Clusters that lose all their points keep their previous centroid. Draws from torch's RNG.
+    Clusters that lose all their points keep their previous centroid.
     """
-    n = z.shape[0]
-    start = torch.randperm(n, device=z.device)[:k] if n >= k else torch.randint(n, (k,), device=z.device)
-    centroids = z[start].clone()
-    for _ in range(iters):
-        assign = nearest_code(z, centroids)
-        counts = torch.bincount(assign, minlength=k).unsqueeze(1)  # (k, 1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, z)
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids
+    return kmeans(z, num_codes, None, n_init=1, max_iter=iters, init="random", until_stable=False,
+                  distances=squared_distances)[1]
 
 
 def codebook_usage(counts: Tensor) -> dict[str, float]:

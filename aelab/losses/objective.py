@@ -11,8 +11,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from aelab.losses.schedules import Schedule, constant
 from aelab.outputs import LossOutput, ModelOutput
+from aelab.schedules import Schedule, constant
 
 
 class Term(Protocol):

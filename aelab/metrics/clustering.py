@@ -1,10 +1,10 @@
 """Clustering quality of a code: adjusted Rand index and normalised mutual information.
 
 The pure functions compare two labelings through their contingency table (exact, no
-sampling); :func:`kmeans` and :func:`mixture_assignments` turn codes into cluster labels; and
-the registered wrapper :func:`clustering_metric` encodes a split and clusters ``E[z|x]`` with
-the model's own mixture prior when it has one (each code goes to its most responsible
-component), or with k-means otherwise.
+sampling); :func:`~aelab.nn.kmeans.kmeans` (re-exported here) and :func:`mixture_assignments`
+turn codes into cluster labels; and the registered wrapper :func:`clustering_metric` encodes a
+split and clusters ``E[z|x]`` with the model's own mixture prior when it has one (each code goes
+to its most responsible component), or with k-means otherwise.
 
 References:
     Hubert & Arabie, "Comparing partitions", Journal of Classification, 1985 (ARI).
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, MixtureSameFamily
 
 from aelab.data.base import ImageDataset
+from aelab.nn.kmeans import kmeans
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
 __all__ = [
@@ -185,68 +187,6 @@ def clustering_scores(labels_true: Tensor | np.ndarray, labels_pred: Tensor | np
 
 
 # --- from codes to cluster labels ---------------------------------------------------------------
-def kmeans(z: Tensor, k: int, generator: torch.Generator | None = None, n_init: int = 3,
-           max_iter: int = 100) -> tuple[Tensor, Tensor, float]:
-    """Lloyd's k-means with k-means++ seeding; the best of ``n_init`` seeded restarts.
-
-    Args:
-        z: points ``(N, D)``.
-        k: number of clusters (``1 <= k <= N``).
-        generator: the only source of randomness (the seeding), so results are reproducible.
-        n_init: restarts; the one with the least within-cluster sum of squares is returned.
-        max_iter: Lloyd iterations per restart (it stops earlier once assignments are stable).
-
-    Returns:
-        int64 labels ``(N,)``, centres ``(k, D)`` (float64) and the within-cluster sum of squares.
-
-    References:
-        Arthur & Vassilvitskii, "k-means++: The Advantages of Careful Seeding", SODA 2007.
-
-    Example:
-        >>> z = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
-        >>> labels, centres, inertia = kmeans(z, 2, torch.Generator().manual_seed(0))
-        >>> labels[0] == labels[1] != labels[2] == labels[3], round(inertia, 4)
-        (tensor(True), 0.01)
-    """
-    z = torch.as_tensor(z).double()
-    if z.dim() != 2:
-        raise ValueError(f"z must have shape (N, D), got {tuple(z.shape)}")
-    n = z.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    best: tuple[Tensor, Tensor, float] | None = None
-    for _ in range(max(1, n_init)):
-        centres = _kmeans_pp(z, k, generator)
-        labels = torch.cdist(z, centres).argmin(1)
-        for _ in range(max_iter):
-            sums = torch.zeros_like(centres).index_add_(0, labels, z)
-            counts = torch.bincount(labels, minlength=k).double()
-            # an emptied cluster keeps its old centre rather than becoming NaN
-            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
-            new = torch.cdist(z, centres).argmin(1)
-            if torch.equal(new, labels):
-                break
-            labels = new
-        inertia = float((z - centres[labels]).pow(2).sum())
-        if best is None or inertia < best[2]:
-            best = (labels, centres, inertia)
-    assert best is not None
-    return best
-
-
-def _kmeans_pp(z: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-    n = z.shape[0]
-    idx = [int(torch.randint(0, n, (1,), generator=generator))]
-    d2 = (z - z[idx[0]]).pow(2).sum(1)
-    for _ in range(1, k):
-        # fewer distinct points than k: any remaining point is as good as another
-        weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
-        j = int(torch.multinomial(weights, 1, generator=generator))
-        idx.append(j)
-        d2 = torch.minimum(d2, (z - z[j]).pow(2).sum(1))
-    return z[idx].clone()
-
-
 def mixture_assignments(z: Tensor, mixture: MixtureSameFamily) -> Tensor:
     """The most responsible component of a mixture for each point: ``argmax_k log pi_k + log p_k(z)``.
 
@@ -305,7 +245,7 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     References:
         Hubert & Arabie, 1985 (ARI); Vinh, Epps & Bailey, JMLR 2010 (NMI).
     """
-    from aelab.metrics.likelihood import evaluation, random_subset
+    from aelab.metrics.likelihood import random_subset
     from aelab.metrics.reconstruction import encode_dataset
 
     if assign not in ("auto", "prior", "kmeans"):
@@ -329,7 +269,8 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
         else:
             k = n_clusters if n_clusters is not None else int(torch.unique(y).numel())
             gen = torch.Generator().manual_seed(seed)
-            pred, _, _ = kmeans(z.cpu(), min(k, z.shape[0]), gen, n_init=n_init)
+            # float64 and torch.cdist: the nearest centres (and the scores) of earlier releases
+            pred, _, _ = kmeans(z.cpu().double(), min(k, z.shape[0]), gen, n_init=n_init, distances=torch.cdist)
     out = clustering_scores(y.cpu(), pred)
     out["cluster_count"] = float(torch.unique(pred).numel())
     return out

@@ -32,7 +32,8 @@ from torch.distributions import Bernoulli, Independent
 
 from aelab.data.base import ImageDataset, random_subset
 from aelab.data.batches import eval_batches
-from aelab.metrics.likelihood import evaluation, is_discrete_8bit
+from aelab.metrics.likelihood import is_discrete_8bit
+from aelab.nn.modes import evaluation
 from aelab.protocol import require
 from aelab.registry import METRICS
 

@@ -56,7 +56,9 @@ import torch
 from torch import Tensor, nn
 
 from aelab.data.base import ImageDataset
+from aelab.data.factors import sample_factors
 from aelab.metrics.probe import linear_probe
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
 __all__ = [
@@ -469,11 +471,6 @@ def dci(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tens
 
 
 # --- sampling through an encoder ---------------------------------------------------------------
-def sample_factors(shape: tuple[int, ...], factor_sizes: Sequence[int], generator: torch.Generator) -> Tensor:
-    """Factor indices drawn uniformly and independently: int64 ``(*shape, K)``."""
-    return torch.stack([torch.randint(0, int(s), shape, generator=generator) for s in factor_sizes], -1)
-
-
 def _encode(encode_factors: EncodeFactors, factors: Tensor, batch_size: int) -> Tensor:
     """Codes for ``factors (..., K)`` in chunks of ``batch_size`` rows: float64 ``(..., D)`` on the CPU."""
     flat = factors.reshape(-1, factors.shape[-1])
@@ -704,8 +701,6 @@ def disentanglement_metric(model: nn.Module, data: ImageDataset, n_samples: int 
         Chen et al., NeurIPS 2018 (MIG); Kumar et al., ICLR 2018 (SAP); Eastwood & Williams,
         ICLR 2018 (DCI); Higgins et al., ICLR 2017 (BetaVAE); Kim & Mnih, ICML 2018 (FactorVAE).
     """
-    from aelab.metrics.likelihood import evaluation
-
     render = getattr(data, "render", None)
     sizes = getattr(data, "factor_sizes", None)
     if render is None or sizes is None:

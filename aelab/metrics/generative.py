@@ -49,6 +49,7 @@ from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import epoch_order, eval_batches, steps_per_epoch
 from aelab.io import atomic_write_bytes, sha256_file
 from aelab.nn.linear import Linear
+from aelab.nn.modes import eval_mode, evaluation, model_device
 from aelab.protocol import require
 from aelab.registry import METRICS
 
@@ -279,16 +280,12 @@ def classifier_outputs(classifier: FeatureClassifier, x: Tensor, batch_size: int
     float32 CPU tensors.
     """
     device = next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
     feats, probs = [], []
-    try:
+    with eval_mode(classifier):
         for i in range(0, x.shape[0], batch_size):
             f = classifier.features(x[i : i + batch_size].to(device))
             feats.append(f.float().cpu())
             probs.append(torch.softmax(classifier.head(f), -1).float().cpu())
-    finally:
-        classifier.train(was_training)
     return torch.cat(feats), torch.cat(probs)
 
 
@@ -575,8 +572,6 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
     References:
         Heusel et al., NeurIPS 2017 (FID); Salimans et al., NeurIPS 2016 (Inception score).
     """
-    from aelab.metrics.likelihood import evaluation, model_device
-
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     require(model, "sample", what="the frechet metric (it scores samples: a VAE, or a VQ model with code "

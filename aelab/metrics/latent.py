@@ -36,7 +36,8 @@ from torch.distributions import Distribution, Independent
 from aelab.data.base import ImageDataset
 from aelab.data.batches import eval_batches
 from aelab.losses.terms import kl_per_dimension, kl_per_example
-from aelab.metrics.likelihood import evaluation, random_subset
+from aelab.metrics.likelihood import random_subset
+from aelab.nn.modes import evaluation
 from aelab.protocol import require
 from aelab.registry import METRICS
 

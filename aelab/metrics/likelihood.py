@@ -19,9 +19,7 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +27,7 @@ from torch.distributions import Distribution, Independent
 
 from aelab.data.base import ImageDataset, random_subset
 from aelab.data.batches import eval_batches
+from aelab.nn.modes import evaluation, model_device  # noqa: F401  (re-exported: aelab.cli imports them from here)
 from aelab.protocol import require
 from aelab.registry import METRICS
 
@@ -201,33 +200,6 @@ def _device_of(d: Distribution) -> torch.device:
         if isinstance(v, Tensor):
             return v.device
     return torch.device("cpu")
-
-
-# --- evaluation helpers shared with aelab.metrics.latent --------------------------------------
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for parameter-free models)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def evaluation(model: nn.Module, seed: int) -> Iterator[torch.device]:
-    """Evaluation mode, no gradients and a private RNG stream seeded with ``seed``.
-
-    The caller's RNG state is restored afterwards, so metrics are reproducible and never shift
-    a training run's random stream.
-    """
-    device = model_device(model)
-    was_training = model.training
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        model.eval()
-        try:
-            yield device
-        finally:
-            model.train(was_training)
-
-
 
 
 @METRICS.register("likelihood")

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from aelab.data.base import ImageDataset, random_subset
 from aelab.data.batches import eval_batches
+from aelab.nn.modes import eval_mode
 from aelab.registry import METRICS
 
 
@@ -20,26 +21,21 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
     ``limit`` evaluates a seeded random subset (the built-in splits are sorted by label).
     """
     data = random_subset(data, limit, seed=0)
-    was_training = model.training
-    model.eval()
     totals: dict[str, float] = {}
     n = 0
-    try:
-        with torch.no_grad():
-            for batch in eval_batches(data, batch_size):
-                x = batch.x
-                out = model(x)
-                lo = model.objective(out, model, None)
-                b = x.shape[0]
-                sums = {"loss": lo.per_example.sum().item()}
-                sums |= {k: v.item() * b for k, v in lo.terms.items()}
-                # the likelihood's own mean (not clamped to [0, 1]: data need not be images)
-                sums["mse"] = (out.px_z.mean - x).pow(2).mean(dim=(1, 2, 3)).sum().item()
-                for k, v in sums.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                n += b
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in eval_batches(data, batch_size):
+            x = batch.x
+            out = model(x)
+            lo = model.objective(out, model, None)
+            b = x.shape[0]
+            sums = {"loss": lo.per_example.sum().item()}
+            sums |= {k: v.item() * b for k, v in lo.terms.items()}
+            # the likelihood's own mean (not clamped to [0, 1]: data need not be images)
+            sums["mse"] = (out.px_z.mean - x).pow(2).mean(dim=(1, 2, 3)).sum().item()
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + v
+            n += b
     return {k: v / n for k, v in totals.items()}
 
 
@@ -47,15 +43,11 @@ def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
 def encode_dataset(model, data: ImageDataset, batch_size: int = 1000,
                    limit: int | None = None) -> tuple[Tensor, Tensor]:
     """Codes E[z|x] (encoding mode) and labels for a split (or a seeded random subset of ``limit``)."""
-    was_training = model.training
-    model.eval()
     zs, ys = [], []
     data = random_subset(data, limit, seed=0)
-    try:
+    with eval_mode(model):
         for batch in eval_batches(data, batch_size):
             x, y = batch.x, batch.y
             zs.append(model.encode(x).mean)
             ys.append(y)
-    finally:
-        model.train(was_training)
     return torch.cat(zs), torch.cat(ys)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from aelab.data.base import ImageDataset
+from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
 __all__ = ["hoyer", "hoyer_sparsity", "sparsity_metric"]
@@ -104,7 +105,7 @@ def sparsity_metric(model: nn.Module, data: ImageDataset, limit: int | None = 50
     Returns:
         ``{"hoyer": value}``: see :func:`hoyer_sparsity`.
     """
-    from aelab.metrics.likelihood import evaluation, random_subset
+    from aelab.metrics.likelihood import random_subset
     from aelab.metrics.reconstruction import encode_dataset
 
     with evaluation(model, seed):

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from functools import partial
 
 from aelab.latents.heads import DiagonalGaussianHead
-from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import AggregatePosteriorDivergence
 from aelab.models.base import Autoencoder
 from aelab.models.vae import VAEConfig, variational_autoencoder
 from aelab.protocol import register_model
+from aelab.schedules import parse_schedule
 
 
 @dataclass

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from aelab.latents.heads import TopKHead
-from aelab.losses.schedules import constant, linear
 from aelab.losses.terms import ReconstructionNLL
 from aelab.models.base import AEConfig, Autoencoder, build_autoencoder
 from aelab.protocol import register_model
+from aelab.schedules import constant, linear
 
 
 @dataclass

@@ -8,11 +8,11 @@ from functools import partial
 
 from aelab.config import ConfigError
 from aelab.latents.heads import SCALE_PARAMS, DiagonalGaussianHead, LatentHead
-from aelab.losses.schedules import parse_schedule
 from aelab.losses.terms import KLDivergence, ReconstructionNLL
 from aelab.models.base import AEConfig, Autoencoder, build_autoencoder
 from aelab.priors.base import PriorConfig, build_prior
 from aelab.protocol import register_model
+from aelab.schedules import parse_schedule
 
 
 @dataclass

@@ -32,8 +32,7 @@ from aelab.data.base import ImageDataset
 from aelab.io import atomic_path
 from aelab.likelihoods import mean_image
 from aelab.metrics.latent import LatentStatistics, collect_latent_statistics, posterior_mean
-from aelab.metrics.likelihood import evaluation
-from aelab.nn.modes import eval_mode
+from aelab.nn.modes import eval_mode, evaluation
 from aelab.protocol import Model, require
 from aelab.registry import EPOCH_FIGURES
 from aelab.report.images import make_grid, reconstruction_grid, save_image_grid
@@ -119,12 +118,8 @@ def decoded_manifold(model: nn.Module, n: int = 20, levels: tuple[float, float] 
         raise ValueError(f"the manifold needs a 2-D latent space, got D = {q.shape[1]}")
     z0, z1 = q[:, 0], q[:, 1].flip(0)
     z = torch.stack(torch.meshgrid(z1, z0, indexing="ij")[::-1], dim=-1).reshape(n * n, 2)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         images = mean_image(model.decode(z.to(next(model.parameters()).device)))
-    finally:
-        model.train(was_training)
     return images.reshape(n, n, *images.shape[1:]), q
 
 

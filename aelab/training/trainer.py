@@ -29,9 +29,9 @@ from aelab.batch import Batch
 from aelab.data.base import Split
 from aelab.data.batches import steps_per_epoch, train_batches
 from aelab.io import atomic_write_text
-from aelab.losses.schedules import lr_multiplier
 from aelab.protocol import Model, StepContext, model_spec
 from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES
+from aelab.schedules import lr_multiplier
 from aelab.training import optim
 from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
 
