@@ -169,7 +169,8 @@ class DatasetInfo:
 
     Attributes:
         name: The registered name.
-        shape: The image shape ``(C, H, W)``.
+        shape: The shape of one example's ``x``: ``(C, H, W)`` for images, ``(T,)`` for padded
+            token sequences of at most ``T`` tokens, ``(T, C, H, W)`` for frame sequences.
         num_classes: Number of classes, ``None`` for unlabelled or factor data.
         class_names: One name per class, where known.
         factor_names: For factor data sets (dSprites), the name of each column of ``y``.
@@ -177,7 +178,7 @@ class DatasetInfo:
     """
 
     name: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     factor_names: tuple[str, ...] | None = None

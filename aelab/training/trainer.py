@@ -30,7 +30,7 @@ from aelab.data.base import Split
 from aelab.data.batches import steps_per_epoch, train_batches
 from aelab.io import atomic_write_text
 from aelab.protocol import Model, StepContext, model_spec
-from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES
+from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES, MODELS
 from aelab.schedules import lr_multiplier
 from aelab.training import optim
 from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
@@ -147,7 +147,9 @@ Figures = Callable[[Model, Split, Path, int, Sequence[str] | None], None]
 def epoch_callbacks(model: Model) -> tuple[Callable | None, Callable | None]:
     """The per-epoch evaluation ``f(model, split, trainer_cfg)`` and pictures
     ``f(model, split, out_dir, epoch, class_names)`` that ``model``'s registry entry names
-    (``None`` where it names none)."""
+    (``None`` where it names none, and for a model that is not registered)."""
+    if model.name not in MODELS:
+        return None, None
     spec = model_spec(model)
     ev = EPOCH_EVALUATIONS.get(spec.evaluation) if isinstance(spec.evaluation, str) else spec.evaluation
     fig = EPOCH_FIGURES.get(spec.figures) if isinstance(spec.figures, str) else spec.figures
