@@ -5,7 +5,7 @@ Every component owns its defaults in a dataclass. A run's configuration is saved
 of the wrong type with a message naming the field, the expected type and what it got.
 
 Example:
-    >>> from aelab.models.base import model_config
+    >>> from aelab.protocol import model_config
     >>> cfg = apply_overrides(model_config("ae"), ["backbone.hidden=300,100", "latent_dim=8"])
     >>> cfg.backbone.hidden, cfg.latent_dim
     ((300, 100), 8)
@@ -21,7 +21,10 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar, Union
+
+from aelab.io import atomic_write_text
 
 C = TypeVar("C")
 
@@ -184,8 +187,6 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
 
 def load_json(path: Any) -> Any:
     """Read a JSON file; invalid JSON is a :class:`ConfigError` naming the file and the position."""
-    from pathlib import Path
-
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
@@ -194,8 +195,6 @@ def load_json(path: Any) -> Any:
 
 def save_json(path: Any, obj: Any) -> None:
     """Write JSON atomically (temp file then rename)."""
-    from aelab.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
