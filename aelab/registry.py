@@ -89,3 +89,6 @@ BACKBONES: Registry = Registry("backbone")
 EPOCH_EVALUATIONS: Registry = Registry("epoch evaluation")
 #: per-epoch pictures a model family names in its registry entry: f(model, split, out_dir, epoch, class_names)
 EPOCH_FIGURES: Registry = Registry("epoch figures")
+#: feature-classifier loaders for the sample-quality metric (aelab.metrics.generative), registered from the
+#: training layer: f(splits, config, cache_dir, label_factor, device) -> a trained FeatureClassifier
+CLASSIFIER_LOADERS: Registry = Registry("feature classifier loader")

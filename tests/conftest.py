@@ -37,6 +37,8 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     if name == "vqvae2_prior":
         return {"top": code | {"grid_shape": (2, 2), "layers": 1, "blocks": 1, "heads": 2},
                 "bottom": code | {"layers": 2, "cond_channels": 4}}
+    if name == "feature_classifier":  # labels are batch.y (tiny_inputs: class 0 of 3)
+        return {"image_shape": TINY_SHAPE, "num_classes": 3, "channels": (4,), "pool": 2, "feature_dim": 8}
     if name in ("vqvae", "vqvae2"):  # spatial code grids: no backbone kind (3 x 2 bottom grid, 1 x 1 top)
         cfg = {"image_shape": TINY_SHAPE, "embedding_dim": 3, "num_codes": 8, "channels": (4, 8),
                "res_blocks": 1, "res_channels": 4, "quantizer": {"dead_after": 3, "kmeans_iters": 2}}

@@ -22,11 +22,8 @@ from aelab.data.codes import CodeDataset
 from aelab.metrics.evaluation import evaluate_loss_terms
 from aelab.nn.attention import CausalSelfAttention, sinusoidal_encoding_2d
 from aelab.nn.pixelcnn import GatedPixelCNN
-from aelab.priors.codes import (
-    CodePrior,
-    VQVAE2Prior,
-    code_prior_config,
-)
+from aelab.priors.pixelcnn import CodePrior, code_prior_config
+from aelab.priors.vqvae2 import VQVAE2Prior
 from aelab.protocol import build_model, from_pretrained
 from aelab.registry import MODELS
 from aelab.training.trainer import Trainer, TrainerConfig

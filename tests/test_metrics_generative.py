@@ -3,6 +3,7 @@ classifier cache, and an end-to-end check on real Fashion-MNIST with a tiny clas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,6 @@ import torch
 from conftest import DATA_DIR, TINY_SHAPE, tiny_overrides
 
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, TensorImageDataset, load_data
-from aelab.metrics import generative as gm
 from aelab.metrics.generative import (
     ClassifierConfig,
     FeatureClassifier,
@@ -22,10 +22,11 @@ from aelab.metrics.generative import (
     feature_statistics,
     frechet_distance,
     generative_metric,
-    load_or_train_classifier,
 )
 from aelab.models import build_model
 from aelab.registry import MODELS
+from aelab.training import classifier as gm
+from aelab.training.classifier import load_or_train_classifier
 
 TINY = ClassifierConfig(channels=(8, 16), pool=4, feature_dim=32, epochs=3, batch_size=32, lr=3e-3, train_limit=3000,
                         test_limit=500)
@@ -142,7 +143,7 @@ def test_classifier_score_matches_entropy_form():
 # --- the classifier and its cache -----------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 7, 5), (1, 64, 64), (2, 1, 2)])
 def test_classifier_takes_any_image_shape(shape):
-    net = FeatureClassifier(shape, 4, TINY)
+    net = FeatureClassifier(dataclasses.replace(TINY, image_shape=shape, num_classes=4))
     feats, probs = classifier_outputs(net, torch.rand(6, *shape), batch_size=4)
     assert feats.shape == (6, TINY.feature_dim) and probs.shape == (6, 4)
     assert torch.allclose(probs.sum(1), torch.ones(6))
@@ -355,7 +356,7 @@ def test_every_registered_model_that_samples_is_scored_and_the_others_refused(tm
 
 def test_default_cache_is_the_user_cache_not_the_data_directory(monkeypatch, tmp_path):
     """The data directory may be read-only (CI reads a shared copy): the cache lives elsewhere."""
-    from aelab.metrics.generative import classifier_cache_dir
+    from aelab.training.classifier import classifier_cache_dir
 
     monkeypatch.delenv("AELAB_CLASSIFIER_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -8,7 +8,6 @@ from aelab.metrics.generative import (
     feature_statistics,
     frechet_distance,
     generative_metric,
-    load_or_train_classifier,
 )
 from aelab.metrics.latent import (
     active_units,
@@ -40,7 +39,6 @@ __all__ = [
     "likelihood_metric",
     "linear_probe",
     "linear_probe_metric",
-    "load_or_train_classifier",
     "mutual_information",
     "vq_bits_per_dim",
 ]

@@ -6,6 +6,11 @@ class labels) and caches on disk. Nothing is downloaded, any image shape and cha
 and the features mean something for the data at hand (Inception features of 28x28 grey clothing
 are a poor fit anyway).
 
+This module holds the statistics and the registered metric; the classifier model is
+:mod:`aelab.models.classifier` (registered as ``feature_classifier``) and training-or-loading it
+from the cache is :mod:`aelab.training.classifier`, which the metric reaches through
+:data:`aelab.registry.CLASSIFIER_LOADERS` (imports point down the layers).
+
 * :func:`frechet_distance` is the squared Wasserstein-2 distance between two Gaussians fitted to
   feature vectors: ``|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2)``.
 * :func:`classifier_score` is ``exp(E_x KL(p(y|x) || p(y)))``, in ``[1, num_classes]``: high when
@@ -29,50 +34,30 @@ References:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
 from aelab.data.base import DataSplits, ImageDataset, random_subset
-from aelab.data.batches import epoch_order, eval_batches, steps_per_epoch
-from aelab.io import atomic_write_bytes, sha256_file
-from aelab.nn.linear import Linear
-from aelab.nn.modes import eval_mode, evaluation, model_device
+from aelab.data.batches import eval_batches
+from aelab.models.classifier import ClassifierConfig, FeatureClassifier, classifier_outputs
+from aelab.nn.modes import evaluation, model_device
 from aelab.protocol import require
-from aelab.registry import METRICS
+from aelab.registry import CLASSIFIER_LOADERS, METRICS
 
 __all__ = [
-    "CACHE_ENV",
     "ClassifierConfig",
     "FeatureClassifier",
-    "classifier_cache_dir",
     "classifier_outputs",
     "classifier_score",
     "feature_statistics",
     "frechet_distance",
     "generative_metric",
-    "load_or_train_classifier",
-    "train_classifier",
 ]
-
-#: environment variable naming the classifier cache (default: ``~/.cache/aelab/classifiers``)
-CACHE_ENV = "AELAB_CLASSIFIER_DIR"
-_FORMAT = "aelab-feature-classifier"
-_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 ArrayLike = Tensor | np.ndarray
 
@@ -185,340 +170,27 @@ def classifier_score(probs: ArrayLike) -> float:
     return float(min(p.shape[1], max(1.0, math.exp(float(kl.mean())))))
 
 
-# --- the feature classifier -----------------------------------------------------------------------
-@dataclass
-class ClassifierConfig:
-    """The feature classifier and how it is trained; part of the cache key.
-
-    Attributes:
-        channels: output channels of the conv layers (3x3, ReLU, stride 2 along each side that is
-            still at least 2 pixels long).
-        pool: the conv features are average-pooled to ``pool x pool`` before the feature layer.
-        feature_dim: width of the feature layer (after ReLU) whose statistics the distance uses.
-        epochs: passes over the (limited) train split.
-        batch_size: examples per step.
-        lr: peak Adam learning rate (cosine decay to 0 over training).
-        weight_decay: AdamW weight decay.
-        train_limit: train on a seeded random subset of at most this many images (``None``: all).
-        test_limit: measure the recorded test accuracy on at most this many test images.
-        seed: seeds initialisation, the subset and the batch order.
-    """
-
-    channels: tuple[int, ...] = (32, 64, 128)
-    pool: int = 4
-    feature_dim: int = 128
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    train_limit: int | None = 60000
-    test_limit: int | None = 10000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.channels or min(self.channels) < 1:
-            raise ConfigError(f"classifier channels must be positive, got {self.channels}")
-        for key in ("pool", "feature_dim", "epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"classifier {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("train_limit", "test_limit"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"classifier {key} must be >= 1 or None, got {getattr(self, key)}")
-
-
-class FeatureClassifier(nn.Module):
-    """A small conv net: strided convs -> average pool -> feature layer (ReLU) -> linear head.
-
-    Inputs are images ``(B, C, H, W)`` in ``[0, 1]``, standardised per channel with the training
-    split's statistics (stored as buffers, so they travel with the weights).
-
-    Args:
-        image_shape: ``(C, H, W)``; any size, down to 1 x 1.
-        num_classes: outputs of the head.
-        config: the architecture (the training fields are ignored here).
-
-    Example:
-        >>> net = FeatureClassifier((1, 12, 10), 3, ClassifierConfig(channels=(4, 8), feature_dim=16))
-        >>> x = torch.rand(5, 1, 12, 10)
-        >>> net.features(x).shape, net(x).shape
-        (torch.Size([5, 16]), torch.Size([5, 3]))
-    """
-
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, config: ClassifierConfig) -> None:
-        super().__init__()
-        c, h, w = image_shape
-        self.image_shape = (int(c), int(h), int(w))
-        self.num_classes = num_classes
-        layers: list[nn.Module] = []
-        for ch in config.channels:
-            # strided convolutions: a quarter of the cost of conv + max-pool, which matters on CPU
-            sh, sw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
-            layers += [nn.Conv2d(c, ch, 3, stride=(sh, sw), padding=1), nn.ReLU()]
-            h, w, c = -(-h // sh), -(-w // sw), ch
-        layers.append(nn.AdaptiveAvgPool2d(config.pool))
-        self.conv = nn.Sequential(*layers)
-        self.feature = nn.Sequential(nn.Flatten(), Linear(c * config.pool**2, config.feature_dim), nn.ReLU())
-        self.head = Linear(config.feature_dim, num_classes)
-        self.register_buffer("input_mean", torch.zeros(image_shape[0]))
-        self.register_buffer("input_std", torch.ones(image_shape[0]))
-
-    def features(self, x: Tensor) -> Tensor:
-        """Feature-layer activations ``(B, feature_dim)``: the space the Frechet distance lives in."""
-        x = (x - self.input_mean[:, None, None]) / self.input_std[:, None, None]
-        return self.feature(self.conv(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``(B, num_classes)``."""
-        return self.head(self.features(x))
-
-
-@torch.no_grad()
-def classifier_outputs(classifier: FeatureClassifier, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
-    """Features ``(N, feature_dim)`` and class probabilities ``(N, K)`` of images ``(N, C, H, W)``.
-
-    Runs in evaluation mode on the classifier's device, ``batch_size`` images at a time; returns
-    float32 CPU tensors.
-    """
-    device = next(classifier.parameters()).device
-    feats, probs = [], []
-    with eval_mode(classifier):
-        for i in range(0, x.shape[0], batch_size):
-            f = classifier.features(x[i : i + batch_size].to(device))
-            feats.append(f.float().cpu())
-            probs.append(torch.softmax(classifier.head(f), -1).float().cpu())
-    return torch.cat(feats), torch.cat(probs)
-
-
+# --- the feature classifier's outputs on a data set -----------------------------------------------
 def _dataset_outputs(classifier: FeatureClassifier, data: ImageDataset,
                      batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     feats, probs, ys = [], [], []
     for batch in eval_batches(data, batch_size):
-        x, y = batch.x, batch.y
-        f, p = classifier_outputs(classifier, x, batch_size)
+        f, p = classifier_outputs(classifier, batch.x, batch_size)
         feats.append(f)
         probs.append(p)
-        ys.append(y)
+        ys.append(batch.y)
     return torch.cat(feats), torch.cat(probs), torch.cat(ys)
 
 
-# --- labels ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Labels:
-    """Which labels the classifier learns: the class, or one factor column (``column``)."""
-
-    name: str
-    num_classes: int
-    column: int | None = None
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return y[:, self.column] if self.column is not None else y
-
-
-def _labels(splits: DataSplits, label_factor: str | None) -> _Labels:
-    info = splits.info
-    if info.factor_names:
-        factor = label_factor if label_factor is not None else ("shape" if "shape" in info.factor_names else None)
-        if factor is None or factor not in info.factor_names:
-            raise ValueError(f"data set {info.name!r} has factors {list(info.factor_names)} instead of class labels: "
-                             "name the one the feature classifier should learn with label_factor=")
-        column = info.factor_names.index(factor)
-        sizes = info.factor_sizes
-        if sizes is None:
-            raise ValueError(f"data set {info.name!r} does not record its factor sizes")
-        return _Labels(f"factor:{factor}", int(sizes[column]), column)
-    if label_factor is not None:
-        raise ValueError(f"data set {info.name!r} has class labels, not factors: leave label_factor=None")
-    if not info.num_classes or info.num_classes < 2:
-        raise ValueError(f"data set {info.name!r} has no class labels: the frechet metric needs them to train its "
-                         "feature classifier (give the images labels, e.g. one sub-folder per class)")
-    return _Labels("class", int(info.num_classes))
-
-
-def _fingerprint(splits: DataSplits, count: int = 16) -> dict[str, Any]:
-    """Sizes of both splits and a checksum of ``count`` evenly spread examples of each (images and labels)."""
-    out: dict[str, Any] = {}
-    h = hashlib.sha256()
-    for split, ds in (("train", splits.train), ("test", splits.test)):
-        n = len(ds)
-        out[f"num_{split}"] = n
-        idx = torch.linspace(0, n - 1, min(count, n)).round().long().unique()
-        batch = ds.get_batch(idx)
-        x, y = batch.x, batch.y
-        h.update(x.contiguous().float().numpy().tobytes())
-        h.update(y.contiguous().long().numpy().tobytes())
-    out["checksum"] = h.hexdigest()[:16]
-    return out
-
-
-# --- training and the cache -----------------------------------------------------------------------
-def _channel_stats(data: ImageDataset, c: int, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    n = 0
-    for batch in eval_batches(data, batch_size):
-        x = batch.x
-        x = x.double().transpose(0, 1).reshape(c, -1)
-        s += x.sum(1)
-        s2 += x.pow(2).sum(1)
-        n += x.shape[1]
-    mean = s / n
-    std = (s2 / n - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3)
-    return mean.float(), std.float()
-
-
-def _accuracy(classifier: FeatureClassifier, data: ImageDataset, labels: _Labels, batch_size: int = 500) -> float:
-    _, probs, y = _dataset_outputs(classifier, data, batch_size)
-    y = labels(y)
-    keep = y >= 0
-    return float((probs[keep].argmax(1) == y[keep]).double().mean()) if bool(keep.any()) else float("nan")
-
-
-def train_classifier(splits: DataSplits, config: ClassifierConfig | None = None, label_factor: str | None = None,
-                     device: str | torch.device = "cpu") -> tuple[FeatureClassifier, dict[str, Any]]:
-    """Train the feature classifier on ``splits.train`` with cross-entropy on its labels.
-
-    Deterministic given ``config.seed`` (on one machine, device and thread count): the caller's
-    RNG is forked and restored. AdamW with a cosine-decayed learning rate, no augmentation.
-
-    Args:
-        splits: the data set; its class labels, or for factor data sets (dSprites) the factor
-            ``label_factor`` (default ``"shape"`` where there is one), are the targets.
-        config: architecture and training (default :class:`ClassifierConfig`).
-        label_factor: which factor to learn on factor data sets.
-        device: where to train.
-
-    Returns:
-        The classifier (evaluation mode, on ``device``) and a summary: ``label``, ``num_classes``,
-        ``train_accuracy`` (last epoch, running), ``test_accuracy``, ``num_train``, ``train_seconds``.
-
-    Raises:
-        ValueError: the data set has no labels to learn.
-    """
-    config = config or ClassifierConfig()
-    labels = _labels(splits, label_factor)
-    shape = tuple(splits.train.shape)
-    train = random_subset(splits.train, config.train_limit, config.seed)
-    test = random_subset(splits.test, config.test_limit, config.seed + 1)
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = FeatureClassifier(shape, labels.num_classes, config)  # type: ignore[arg-type]
-        mean, std = _channel_stats(train, shape[0])
-        net.input_mean.copy_(mean)
-        net.input_std.copy_(std)
-        net.to(device).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        per_epoch = steps_per_epoch(len(train), config.batch_size)
-        total, step = config.epochs * per_epoch, 0
-        correct = seen = 0
-        for epoch in range(config.epochs):
-            order = epoch_order(len(train), config.seed, epoch)
-            correct = seen = 0
-            for i in range(per_epoch):
-                batch = train.get_batch(order[i * config.batch_size : (i + 1) * config.batch_size])
-                x, y = batch.x, batch.y
-                y = labels(y).to(device)
-                keep = y >= 0  # -1 marks unlabelled examples
-                x, y = x.to(device)[keep], y[keep]
-                if y.numel() == 0:
-                    continue
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                logits = net(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += int(y.numel())
-    net.eval()
-    summary = {"label": labels.name, "num_classes": labels.num_classes,
-               "train_accuracy": correct / max(seen, 1), "test_accuracy": _accuracy(net, test, labels),
-               "num_train": len(train), "num_test": len(test), "train_seconds": time.perf_counter() - start}
-    return net, summary
-
-
-def classifier_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where classifiers are cached: ``cache_dir``, else ``$AELAB_CLASSIFIER_DIR``, else
-    ``$XDG_CACHE_HOME/aelab/classifiers`` (``~/.cache/aelab/classifiers``). Not beside the data:
-    a data directory may be read-only (a shared copy, as in CI)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "aelab" / "classifiers"
-
-
-def _load_cached(directory: Path, key: dict[str, Any], config: ClassifierConfig,
-                 shape: tuple[int, int, int]) -> FeatureClassifier | None:
-    """The cached classifier when ``directory`` holds a complete entry for ``key``; ``None`` when
-    there is none; a warning and ``None`` when the entry is corrupt or belongs to other data."""
-    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not cfg_path.is_file():
-        return None
-    try:
-        meta = load_json(cfg_path)
-        if not isinstance(meta, dict) or {k: meta.get(k) for k in key} != key:
-            raise ValueError("it was made for another data set or classifier config")
-        if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
-            raise ValueError(f"{WEIGHTS_NAME} is missing or does not match its config.json")
-        net = FeatureClassifier(shape, int(meta["num_classes"]), config)
-        net.load_state_dict(load_file(str(weights)))
-    except (ConfigError, ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
-        warnings.warn(f"feature classifier cache {directory} is unusable ({e}); retraining", stacklevel=3)
-        return None
-    net.meta = meta  # type: ignore[assignment]
-    return net.eval()
-
-
-def load_or_train_classifier(splits: DataSplits, config: ClassifierConfig | dict[str, Any] | None = None,
-                             cache_dir: str | os.PathLike | None = None, label_factor: str | None = None,
-                             device: str | torch.device = "cpu") -> FeatureClassifier:
-    """The feature classifier of a data set, from the cache or trained once and cached.
-
-    An entry is keyed by the data set's name, image shape, label choice, a hash of ``config`` and a
-    fingerprint of the data (split sizes and a checksum of a few examples), and lives in
-    ``classifier_cache_dir(cache_dir) / "{name}-{C}x{H}x{W}-{hash}"`` as ``config.json`` and
-    ``model.safetensors`` (no pickle), each written atomically, the weights first; ``config.json``
-    records the weights' SHA-256, the test accuracy and the training time. An entry that is corrupt
-    or does not match (its config, or weights written by a concurrent run) is retrained with a
-    warning.
-
-    Args:
-        splits: the data set (see :func:`train_classifier` for the labels used).
-        config: a :class:`ClassifierConfig` or a mapping of its fields (default: the defaults).
-        cache_dir: the cache root (see :func:`classifier_cache_dir`).
-        label_factor: which factor to learn on factor data sets (default ``"shape"``).
-        device: where to train and where the returned classifier lives.
-
-    Returns:
-        The classifier in evaluation mode; its ``meta`` attribute is the cached ``config.json``.
-    """
-    if config is None:
-        config = ClassifierConfig()
-    elif isinstance(config, dict):
-        config = from_dict(ClassifierConfig, config, "classifier")
-    labels = _labels(splits, label_factor)
-    shape = tuple(int(s) for s in splits.train.shape)
-    key = {"format": _FORMAT, "version": _VERSION, "data": splits.info.name, "image_shape": list(shape),
-           "label": labels.name, "classifier_config": to_dict(config), "data_fingerprint": _fingerprint(splits)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    directory = classifier_cache_dir(cache_dir) / f"{splits.info.name}-{'x'.join(map(str, shape))}-{digest}"
-    net = _load_cached(directory, key, config, shape)  # type: ignore[arg-type]
-    if net is not None:
-        return net.to(device)
-    net, summary = train_classifier(splits, config, label_factor, device)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    # serialised in memory and written by atomic_write_bytes, which keeps ordinary file permissions
-    atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": _FORMAT}))
-    meta = {**key, **summary, "weights_sha256": sha256_file(directory / WEIGHTS_NAME),
-            "torch_version": torch.__version__}
-    save_json(directory / CONFIG_NAME, meta)  # written last: a complete entry has both files
-    net.meta = meta  # type: ignore[assignment]
-    return net
+def _classifier(splits: DataSplits, config: ClassifierConfig | dict[str, Any] | None,
+                cache_dir: str | os.PathLike | None, label_factor: str | None,
+                device: torch.device) -> FeatureClassifier:
+    """The data set's feature classifier from the loader the training layer registers
+    (:func:`aelab.training.classifier.load_or_train_classifier`: trained once, then cached)."""
+    if "default" not in CLASSIFIER_LOADERS:
+        raise RuntimeError("no feature-classifier loader is registered: import aelab (or aelab.training), or pass "
+                           "classifier=")
+    return CLASSIFIER_LOADERS.get("default")(splits, config, cache_dir, label_factor, device)
 
 
 # --- the registered wrapper -----------------------------------------------------------------------
@@ -544,7 +216,9 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
 
     Draws ``n`` samples with ``model.sample`` (under a private RNG stream seeded with ``seed``; the
     caller's stream is left untouched) and compares the feature statistics of aelab's own
-    classifier (:func:`load_or_train_classifier`: trained on this data set once, then cached) with
+    classifier (:func:`aelab.training.classifier.load_or_train_classifier`, registered as the
+    ``"default"`` of :data:`aelab.registry.CLASSIFIER_LOADERS`: trained on this data set once,
+    then cached) with
     those of ``min(n, len(test))`` real test images. Works for every model whose ``sample(n)``
     returns images of the data set's shape: VAEs with any prior, flows, code-prior models.
 
@@ -559,7 +233,7 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
         seed: seeds the samples and the real subsets.
         classifier: a ready classifier (skips the cache).
         classifier_config: the classifier to load or train (default :class:`ClassifierConfig`).
-        cache_dir: the classifier cache (see :func:`classifier_cache_dir`).
+        cache_dir: the classifier cache (see :func:`aelab.training.classifier.classifier_cache_dir`).
         label_factor: the factor the classifier learns on factor data sets (default ``"shape"``).
 
     Returns:
@@ -578,7 +252,7 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
             "priors attached)")
     device = model_device(model)
     if classifier is None:
-        classifier = load_or_train_classifier(splits, classifier_config, cache_dir, label_factor, device)
+        classifier = _classifier(splits, classifier_config, cache_dir, label_factor, device)
     classifier = classifier.to(device)
     with evaluation(model, seed):
         fake = _draw_samples(model, n, batch_size, tuple(splits.test.shape))
