@@ -316,7 +316,7 @@ def test_generative_metric_on_a_vae(fashion, tmp_path):
     assert _run_metric("frechet", vae, splits, {"batch_size": 128, "n": 300, "classifier": net, "k": 5}) == a
 
     ae = build_model("ae", image_shape=(1, 28, 28), latent_dim=4, backbone={"hidden": (32,)})
-    with pytest.raises(ValueError, match="no prior to sample from"):
+    with pytest.raises(ValueError, match="prior to sample from"):
         generative_metric(ae, splits, n=100, cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # refused before any classifier was trained
 
@@ -337,12 +337,16 @@ def test_every_registered_model_that_samples_is_scored_and_the_others_refused(tm
     scored, refused = [], []
     for name in MODELS:
         model = build_model(name, **tiny_overrides(name))
-        if hasattr(model, "attach_prior"):  # VQ models sample through priors over their code grids
-            with pytest.raises(ValueError, match="no prior to sample from"):
+        if not model.capabilities.images:  # code priors, classifiers: no images to score
+            with pytest.raises(ValueError, match="image inputs|prior to sample from"):
+                generative_metric(model, splits, n=8, classifier=net)
+            continue
+        if model.capabilities.codes:  # VQ models sample through priors over their code grids
+            with pytest.raises(ValueError, match="prior to sample from"):
                 generative_metric(model, splits, n=8, classifier=net)
             model.attach_prior(*[_UniformCodes(k, s) for k, s in zip(model.num_codes, model.code_shapes)])
-        if getattr(model, "prior", None) is None:
-            with pytest.raises(ValueError, match="no prior to sample from"):
+        if not model.capabilities.sample:
+            with pytest.raises(ValueError, match="prior to sample from"):
                 generative_metric(model, splits, n=8, classifier=net)
             refused.append(name)
             continue

@@ -248,7 +248,7 @@ def generative_metric(model: nn.Module, splits: DataSplits, n: int = 10000, batc
     """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    require(model, "sample", what="the frechet metric (it scores samples: a VAE, or a VQ model with code "
+    require(model, "images", "sample", what="the frechet metric (it scores samples: a VAE, or a VQ model with code "
             "priors attached)")
     device = model_device(model)
     if classifier is None:
