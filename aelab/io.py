@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -68,3 +69,71 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+LOCK_NAME = ".aelab.lock"
+
+
+class RunLock:
+    """An OS file lock on a run directory, held by one writer for as long as it runs.
+
+    ``fcntl.flock`` on ``DIR/.aelab.lock``: the kernel releases it when the holder exits, even on
+    SIGKILL, so a lock left by a killed process is taken over at once; the file records the
+    holder's PID for the message a second writer gets.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d, RunLock(d):
+        ...     try:
+        ...         RunLock(d).acquire()
+        ...     except RunLockedError as e:
+        ...         print("in use by process" in str(e))
+        True
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(f"{self.path.parent} is in use by process {holder} (another aelab writing to it); "
+                                 "wait for it to finish or stop it, then try again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_orphan_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files :func:`atomic_path` leaves when a writer is killed
+    mid-write (call it only while holding the directory's :class:`RunLock`); returns them."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
