@@ -27,11 +27,12 @@ def _print_registry(title: str, reg: Registry, names: list[str] | None = None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    families: dict[str, list[str]] = {}
-    for name in MODELS:
-        families.setdefault(MODELS.get(name).family, []).append(name)
-    for family, names in families.items():
-        _print_registry(f"models ({family})", MODELS, names)
+    print("models:")
+    width = max((len(n) for n in MODELS), default=0)
+    families = {name: f"[{MODELS.get(name).family}]" for name in MODELS}
+    fwidth = max((len(f) for f in families.values()), default=0)
+    for name, family in families.items():
+        print(f"  {name:<{width}}  {family:<{fwidth}}  {MODELS.describe(name)}")
     for title, reg in [("data sets", DATASETS), ("priors", PRIORS), ("likelihoods", LIKELIHOODS),
                        ("metrics", METRICS), ("backbones", BACKBONES), ("corruptions", CORRUPTIONS),
                        ("epoch evaluations", EPOCH_EVALUATIONS), ("epoch figures", EPOCH_FIGURES)]:

@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(command) -> None:
     models = [n for n in MODELS if MODELS.get(n).family != CODE_PRIOR_FAMILY]
     t = command("train", help="train a model (or --resume a run)")
-    t.add_argument("model", nargs="?", choices=models, metavar="MODEL",
+    t.add_argument("model", nargs="?", metavar="MODEL",
                    help=f"registered model name: {', '.join(models)} (see `aelab list`)")
-    t.add_argument("--data", choices=list(DATASETS), metavar="DATA",
+    t.add_argument("--data", metavar="DATA",
                    help=f"registered data set name: {', '.join(DATASETS)}")
     t.add_argument("--config", help="a run config JSON (e.g. configs/quickstart.json)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
