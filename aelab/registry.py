@@ -7,6 +7,7 @@ a model is a decorated function in one file, never a new branch in an if/elif ch
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -18,6 +19,18 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line.
+
+    Example:
+        >>> first_sentence("Linear-probe accuracy of the codes, fitted on\\n    the train split. Slow.")
+        'Linear-probe accuracy of the codes, fitted on the train split.'
+    """
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    end = re.search(r"(?<=[.!?])\s+(?=[A-Z])", text)
+    return text[: end.start()] if end else text
 
 
 class Registry(Generic[T]):
@@ -42,7 +55,7 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
             doc = help if help is not None else (getattr(obj, "__doc__", None) or "")
-            self._help[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+            self._help[name] = first_sentence(doc)
             return obj
 
         return deco

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from aelab.config import ConfigError, apply_overrides, from_dict, load_json, to_dict
-from aelab.data.base import DataConfig, DatasetInfo, Split, load_data
+from aelab.data.base import DataConfig, DatasetInfo, DataSplits, Split, load_data
 from aelab.data.batches import eval_batches
 from aelab.data.codes import CodeDataset
 from aelab.io import sha256_file
@@ -240,6 +240,20 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Model]:
 
 # --- code priors on a VQ run's codes --------------------------------------------------------------
 @torch.no_grad()
+def load_run_with_data(run_dir: str | Path) -> tuple[RunConfig, Model, DataSplits]:
+    """A run's config, its trained model (:func:`load_run`) and its data splits."""
+    cfg, model = load_run(run_dir)
+    return cfg, model, load_data(cfg.data)
+
+
+def metric_splits(cfg: RunConfig, data: DataSplits, metric: str) -> DataSplits:
+    """The splits that ``metric`` scores a run on: the run's own, except for ``frechet``, whose
+    feature classifier and real statistics use the whole data set, not the run's subsets."""
+    if metric == "frechet" and (cfg.data.train_subset is not None or cfg.data.test_subset is not None):
+        return load_data(dataclasses.replace(cfg.data, train_subset=None, test_subset=None))
+    return data
+
+
 def encode_codes(model: Model, split: Split, batch_size: int, device: torch.device) -> list[Tensor]:
     """The code grids of a whole split, one int64 ``(N, h, w)`` tensor per level (top first), on the CPU.
 

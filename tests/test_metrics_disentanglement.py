@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import aelab
-from aelab.data.base import TensorImageDataset
+from aelab.data.base import DatasetInfo, DataSplits, TensorImageDataset
 from aelab.data.dsprites import FACTOR_SIZES, NUM_IMAGES, DSprites
 from aelab.data.splits import split_indices
 from aelab.metrics.disentanglement import (
@@ -36,6 +36,11 @@ from aelab.metrics.disentanglement import (
     sap,
 )
 from aelab.registry import METRICS
+
+
+def _splits(test) -> DataSplits:
+    """Registered metrics take ``(model, splits)``; these tests score the test split only."""
+    return DataSplits(train=test, test=test, info=DatasetInfo("test", (1, 1, 1)))
 
 SIZES = torch.tensor(FACTOR_SIZES)
 K = len(FACTOR_SIZES)
@@ -238,17 +243,17 @@ def test_disentanglement_wrapper_runs_on_dsprites(tiny_dsprites_vae):
     fn = METRICS.get("disentanglement")
     kw = {"n_samples": 400, "n_points": 20, "group_size": 8, "batch_size": 256}
     tiny_dsprites_vae.train()
-    out = fn(tiny_dsprites_vae, data, **kw)
+    out = fn(tiny_dsprites_vae, _splits(data), **kw)
     assert tiny_dsprites_vae.training  # the wrapper restores the mode
     assert set(out) == {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness_train",
                         "dci_informativeness_test", "betavae_score", "betavae_train_acc", "factorvae_score",
                         "factorvae_train_acc", "factorvae_active_dims"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     assert 0 <= out["mig"] <= 1 and 0 <= out["betavae_score"] <= 1
-    assert fn(tiny_dsprites_vae, data, **kw) == out  # seeded
+    assert fn(tiny_dsprites_vae, _splits(data), **kw) == out  # seeded
 
 
 def test_disentanglement_wrapper_needs_a_renderable_factor_data_set(tiny_dsprites_vae):
     data = TensorImageDataset(torch.zeros(4, 1, 64, 64, dtype=torch.uint8), torch.zeros(4, K, dtype=torch.long))
     with pytest.raises(ValueError, match="render"):
-        METRICS.get("disentanglement")(tiny_dsprites_vae, data)
+        METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data))

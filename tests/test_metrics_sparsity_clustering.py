@@ -11,7 +11,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 import aelab
-from aelab.data.base import TensorImageDataset
+from aelab.data.base import DatasetInfo, DataSplits, TensorImageDataset
 from aelab.data.dsprites import NUM_IMAGES, DSprites
 from aelab.data.splits import split_indices
 from aelab.metrics.clustering import (
@@ -24,6 +24,11 @@ from aelab.metrics.clustering import (
 )
 from aelab.metrics.sparsity import hoyer, hoyer_sparsity
 from aelab.registry import METRICS
+
+
+def _splits(test) -> DataSplits:
+    """Registered metrics take ``(model, splits)``; these tests score the test split only."""
+    return DataSplits(train=test, test=test, info=DatasetInfo("test", (1, 1, 1)))
 
 
 # --- Hoyer sparsity -----------------------------------------------------------------------------
@@ -149,7 +154,7 @@ def test_clustering_wrapper_with_a_mixture_prior():
     x[:, 0, 0, :2] = centres[y].to(torch.uint8)
     x[:, 0, 0, :2] += (torch.arange(60) % 5)[:, None].to(torch.uint8)  # jitter inside each cluster
     data = TensorImageDataset(x, y)
-    out = METRICS.get("clustering")(_MixtureModel(centres), data, limit=None)
+    out = METRICS.get("clustering")(_MixtureModel(centres), _splits(data), limit=None)
     assert out == {"cluster_ari": 1.0, "cluster_nmi": 1.0, "cluster_count": 3.0}
 
 
@@ -163,15 +168,15 @@ def tiny_model_and_dsprites():
 
 def test_sparsity_and_clustering_wrappers_run_on_dsprites(tiny_model_and_dsprites):
     model, data = tiny_model_and_dsprites
-    sparsity = METRICS.get("sparsity")(model, data, limit=150)
+    sparsity = METRICS.get("sparsity")(model, _splits(data), limit=150)
     assert set(sparsity) == {"hoyer"} and 0.0 <= sparsity["hoyer"] <= 1.0
     clustering = METRICS.get("clustering")
-    out = clustering(model, data, limit=150, factor=0)  # shape: 3 clusters by k-means
+    out = clustering(model, _splits(data), limit=150, factor=0)  # shape: 3 clusters by k-means
     assert set(out) == {"cluster_ari", "cluster_nmi", "cluster_count"}
     assert out["cluster_count"] == 3.0 and all(math.isfinite(v) for v in out.values())
-    assert clustering(model, data, limit=150, factor=0) == out  # seeded
+    assert clustering(model, _splits(data), limit=150, factor=0) == out  # seeded
     with pytest.raises(ValueError, match="factor="):
-        clustering(model, data, limit=20)
+        clustering(model, _splits(data), limit=20)
 
 
 def test_clustering_assign_modes_on_a_mixture_prior_model():

@@ -15,12 +15,14 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, MixtureSameFamily
 
-from aelab.data.base import ImageDataset
+from aelab.data.base import DataSplits, ImageDataset
 from aelab.nn.kmeans import kmeans
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
@@ -35,6 +37,7 @@ __all__ = [
     "mixture_assignments",
     "mutual_info_from_contingency",
     "normalized_mutual_info",
+    "clustering",
 ]
 
 
@@ -215,7 +218,6 @@ def mixture_assignments(z: Tensor, mixture: MixtureSameFamily) -> Tensor:
 
 
 # --- registered wrapper -------------------------------------------------------------------------
-@METRICS.register("clustering")
 def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 5000,
                       n_clusters: int | None = None, factor: int | None = None, batch_size: int = 500,
                       n_init: int = 3, seed: int = 0, assign: str = "auto") -> dict[str, float]:
@@ -274,3 +276,13 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     out = clustering_scores(y.cpu(), pred)
     out["cluster_count"] = float(torch.unique(pred).numel())
     return out
+
+
+@METRICS.register("clustering")
+def clustering(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Adjusted Rand index and NMI between clusters of the test codes and the true labels.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`clustering_metric`, which scores one split.
+    """
+    return clustering_metric(model, splits.test, **options)

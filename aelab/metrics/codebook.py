@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-from aelab.data.base import ImageDataset, random_subset
+import torch
+from torch import nn
+
+from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import eval_batches
 from aelab.latents.vq import codebook_usage
 from aelab.registry import METRICS
 
 
-@METRICS.register("codebook")
 @torch.no_grad()
 def codebook_metrics(model, data: ImageDataset, batch_size: int = 500, limit: int | None = None) -> dict[str, float]:
     """Usage of each codebook of a VQ model (``model.encode_codes``) on a split.
@@ -36,3 +38,13 @@ def codebook_metrics(model, data: ImageDataset, batch_size: int = 500, limit: in
         stats = codebook_usage(n) | {"dead_codes": float(dead), "restarted_codes": float(q.restarts)}
         out |= {f"{k}{suffix}": v for k, v in stats.items()}
     return out
+
+
+@METRICS.register("codebook")
+def codebook_metric(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Usage of each codebook of a VQ model on the test split (perplexity, codes used, dead codes).
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`codebook_metrics`, which scores one split.
+    """
+    return codebook_metrics(model, splits.test, **options)

@@ -26,18 +26,19 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent
 
-from aelab.data.base import ImageDataset, random_subset
+from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import eval_batches
 from aelab.metrics.likelihood import is_discrete_8bit
 from aelab.nn.modes import evaluation
 from aelab.protocol import require
 from aelab.registry import METRICS
 
-__all__ = ["code_likelihood_metric", "vq_bits_per_dim"]
+__all__ = ["code_likelihood_metric", "vq_bits_per_dim", "code_likelihood"]
 
 
 def vq_bits_per_dim(recon_nll: float | Tensor, prior_nll: float | Tensor,
@@ -75,7 +76,6 @@ def _prior_log_prob(priors: tuple, codes: list[Tensor]) -> Tensor:
     return total  # type: ignore[return-value]
 
 
-@METRICS.register("code_likelihood")
 def code_likelihood_metric(model, data: ImageDataset, batch_size: int = 500,
                            limit: int | None = None) -> dict[str, float]:
     """The VQ bound on ``-log p(x)`` of a VQ model with code priors attached (``attach_prior``).
@@ -120,3 +120,13 @@ def code_likelihood_metric(model, data: ImageDataset, batch_size: int = 500,
     if kind:
         out[kind] = float(vq_bits_per_dim(recon / n, prior / n, tuple(data.shape)))
     return out
+
+
+@METRICS.register("code_likelihood")
+def code_likelihood(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """The VQ bound on -log p(x) of a VQ model with its code prior, on the test split.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`code_likelihood_metric`, which scores one split.
+    """
+    return code_likelihood_metric(model, splits.test, **options)

@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aelab.data.base import ImageDataset
+from aelab.data.base import DataSplits, ImageDataset
 from aelab.data.factors import sample_factors
 from aelab.metrics.probe import linear_probe
 from aelab.nn.modes import evaluation
@@ -77,6 +78,7 @@ __all__ = [
     "sample_codes",
     "sample_factors",
     "sap",
+    "disentanglement",
 ]
 
 #: ``factors (B, K) int64 -> codes (B, D)``: an encoder seen through the factors it is shown.
@@ -670,7 +672,6 @@ def evaluate_disentanglement(encode_factors: EncodeFactors, factor_sizes: Sequen
     return out
 
 
-@METRICS.register("disentanglement")
 def disentanglement_metric(model: nn.Module, data: ImageDataset, n_samples: int = 10_000, n_points: int = 150,
                            group_size: int = 64, bins: int = 20, batch_size: int = 1000,
                            seed: int = 0) -> dict[str, float]:
@@ -714,3 +715,13 @@ def disentanglement_metric(model: nn.Module, data: ImageDataset, n_samples: int 
         gen = torch.Generator().manual_seed(seed)
         return evaluate_disentanglement(encode_factors, sizes, gen, n_samples=n_samples, bins=bins,
                                         group_size=group_size, n_points=n_points, batch_size=batch_size)
+
+
+@METRICS.register("disentanglement")
+def disentanglement(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """MIG, SAP, DCI, BetaVAE and FactorVAE scores of a model's codes on a factor data set.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`disentanglement_metric`, which scores one split.
+    """
+    return disentanglement_metric(model, splits.test, **options)

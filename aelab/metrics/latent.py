@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
-from aelab.data.base import ImageDataset
+from aelab.data.base import DataSplits, ImageDataset
 from aelab.data.batches import eval_batches
 from aelab.losses.terms import kl_per_dimension, kl_per_example
 from aelab.metrics.likelihood import random_subset
@@ -51,6 +52,7 @@ __all__ = [
     "latent_diagnostics",
     "mutual_information",
     "posterior_mean",
+    "latent_diagnostics_metric",
 ]
 
 
@@ -240,7 +242,6 @@ def collect_latent_statistics(model: nn.Module, data: ImageDataset, batch_size: 
     return LatentStatistics(posteriors, samples, torch.cat(codes), torch.cat(kls), torch.cat(labels))
 
 
-@METRICS.register("latent_diagnostics")
 def latent_diagnostics(model: nn.Module, data: ImageDataset, batch_size: int = 500, limit: int | None = None,
                        mi_limit: int | None = 2000, threshold: float = 0.01, kl_samples: int = 1,
                        seed: int = 0, flow_mi_limit: int = 250) -> dict[str, float]:
@@ -276,3 +277,13 @@ def latent_diagnostics(model: nn.Module, data: ImageDataset, batch_size: int = 5
         stats = collect_latent_statistics(model, data, batch_size, mi_limit, seed + 1)
     with torch.no_grad():  # the cross terms must not build a graph (B^2 log-densities)
         return out | mutual_information(stats.posteriors, stats.samples)
+
+
+@METRICS.register("latent_diagnostics")
+def latent_diagnostics_metric(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """KL per latent dimension, active units and the mutual information I(x; z) on the test split.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`latent_diagnostics`, which scores one split.
+    """
+    return latent_diagnostics(model, splits.test, **options)

@@ -20,12 +20,13 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
-from aelab.data.base import ImageDataset, random_subset
+from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import eval_batches
 from aelab.nn.modes import evaluation, model_device  # noqa: F401  (re-exported: aelab.cli imports them from here)
 from aelab.protocol import require
@@ -38,6 +39,7 @@ __all__ = [
     "iwae_log_likelihood",
     "likelihood_metric",
     "log_importance_weights",
+    "likelihood",
 ]
 
 #: decoder evaluations per forward pass when ``chunk`` is left to :func:`iwae_log_likelihood`
@@ -202,7 +204,6 @@ def _device_of(d: Distribution) -> torch.device:
     return torch.device("cpu")
 
 
-@METRICS.register("likelihood")
 def likelihood_metric(model: nn.Module, data: ImageDataset, k: int = 100, limit: int | None = None,
                       batch_size: int = 100, chunk: int | None = None, seed: int = 0) -> dict[str, float]:
     """Test ELBO, IWAE negative log-likelihood and, where meaningful, bits/dim.
@@ -250,3 +251,13 @@ def likelihood_metric(model: nn.Module, data: ImageDataset, k: int = 100, limit:
     if discrete:
         out["bits_per_dim"] = bits_per_dim(nll / n, math.prod(data.shape))
     return out
+
+
+@METRICS.register("likelihood")
+def likelihood(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Test ELBO, IWAE negative log-likelihood and, where meaningful, bits/dim.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`likelihood_metric`, which scores one split.
+    """
+    return likelihood_metric(model, splits.test, **options)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
+import torch
+from torch import Tensor, nn
+
+from aelab.data.base import DataSplits, ImageDataset
+from aelab.metrics.reconstruction import encode_dataset
 from aelab.registry import METRICS
 
 
@@ -49,13 +53,21 @@ def linear_probe(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tenso
     return {"probe_train_acc": train_acc, "probe_test_acc": test_acc}
 
 
-@METRICS.register("linear_probe")
-def linear_probe_metric(model, train, test, limit: int | None = None) -> dict[str, float]:
-    """Linear-probe accuracy of a model's codes (class labels required)."""
-    from aelab.metrics.reconstruction import encode_dataset
-
-    z_tr, y_tr = encode_dataset(model, train, limit=limit)
-    z_te, y_te = encode_dataset(model, test)
+def linear_probe_metric(model: nn.Module, train: ImageDataset, test: ImageDataset, limit: int | None = None,
+                        batch_size: int = 1000) -> dict[str, float]:
+    """Linear-probe accuracy of a model's codes (class labels required), fitted on ``train``."""
+    z_tr, y_tr = encode_dataset(model, train, batch_size=batch_size, limit=limit)
+    z_te, y_te = encode_dataset(model, test, batch_size=batch_size)
     if y_tr.dim() != 1:
         raise ValueError("linear_probe needs class labels; this data set has factors instead")
     return linear_probe(z_tr, y_tr, z_te, y_te)
+
+
+@METRICS.register("linear_probe")
+def linear_probe_on_splits(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Linear-probe accuracy of a model's codes, fitted on the train split and scored on the test split.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`linear_probe_metric`.
+    """
+    return linear_probe_metric(model, splits.train, splits.test, **options)

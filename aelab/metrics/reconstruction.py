@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
-from aelab.data.base import ImageDataset, random_subset
+import torch
+from torch import Tensor, nn
+
+from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import eval_batches
 from aelab.nn.modes import eval_mode
 from aelab.registry import METRICS
 
 
-@METRICS.register("reconstruction")
 def evaluate_reconstruction(model, data: ImageDataset, batch_size: int = 500,
                             limit: int | None = None) -> dict[str, float]:
     """Mean objective, each term, and squared error of the mean reconstruction, per example.
@@ -51,3 +52,13 @@ def encode_dataset(model, data: ImageDataset, batch_size: int = 1000,
             zs.append(model.encode(x).mean)
             ys.append(y)
     return torch.cat(zs), torch.cat(ys)
+
+
+@METRICS.register("reconstruction")
+def reconstruction_metric(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Mean objective, each term, and squared error of the mean reconstruction on the test split.
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`evaluate_reconstruction`, which scores one split.
+    """
+    return evaluate_reconstruction(model, splits.test, **options)

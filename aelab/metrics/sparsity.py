@@ -10,16 +10,17 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aelab.data.base import ImageDataset
+from aelab.data.base import DataSplits, ImageDataset
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
-__all__ = ["hoyer", "hoyer_sparsity", "sparsity_metric"]
+__all__ = ["hoyer", "hoyer_sparsity", "sparsity_metric", "sparsity"]
 
 
 def hoyer(z: Tensor) -> Tensor:
@@ -90,7 +91,6 @@ def hoyer_sparsity(z: Tensor | np.ndarray, normalize: bool = True) -> dict[str, 
     return {"hoyer": float(hoyer(z).mean())}
 
 
-@METRICS.register("sparsity")
 def sparsity_metric(model: nn.Module, data: ImageDataset, limit: int | None = 5000, batch_size: int = 500,
                     seed: int = 0) -> dict[str, float]:
     """Normalised Hoyer sparsity of the codes E[z|x] (Mathieu et al., 2019).
@@ -111,3 +111,13 @@ def sparsity_metric(model: nn.Module, data: ImageDataset, limit: int | None = 50
     with evaluation(model, seed):
         z, _ = encode_dataset(model, random_subset(data, limit, seed), batch_size=batch_size)
     return hoyer_sparsity(z.cpu())
+
+
+@METRICS.register("sparsity")
+def sparsity(model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Normalised Hoyer sparsity of the test codes E[z|x] (Mathieu et al., 2019).
+
+    The registered form (``(model, splits, **options)``, like every metric): the options are those
+    of :func:`sparsity_metric`, which scores one split.
+    """
+    return sparsity_metric(model, splits.test, **options)

@@ -1,0 +1,103 @@
+"""``aelab eval``: test metrics of a trained run, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from aelab.config import apply_overrides
+from aelab.metrics.generative import ClassifierConfig
+from aelab.metrics.suite import check_metrics, default_metrics, metric_options, run_metric
+from aelab.registry import METRICS
+from aelab.report.run import write_figures
+from aelab.runs import attach_code_prior, load_run_with_data, metric_splits
+
+
+def print_table(rows: dict[str, Any], title: str = "") -> None:
+    if title:
+        print(title)
+    width = max((len(k) for k in rows), default=0)
+    for k, v in rows.items():
+        text = f"{v:.6g}" if isinstance(v, float) else str(v)
+        print(f"  {k:<{width}}  {text}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, model, data = load_run_with_data(args.run_dir)
+    vq = model.capabilities.codes
+    if vq:
+        attach_code_prior(args.run_dir, model, required=False)
+    names = args.metrics.split(",") if args.metrics else default_metrics(model, data.info)
+    check_metrics(model, names, cfg.model, str(args.run_dir))
+    classifier = apply_overrides(ClassifierConfig(), args.classifier) if args.classifier else None
+    limit = None if args.limit == 0 else args.limit
+    results: dict[str, float] = {}
+    for name in names:
+        options = metric_options(name, batch_size=cfg.trainer.eval_batch_size, k=args.k, limit=limit,
+                                 samples=args.samples, classifier_config=classifier, cache_dir=args.classifier_dir)
+        results |= run_metric(name, model, metric_splits(cfg, data, name), **options)
+    if args.figures:
+        written, notes = write_figures(args.run_dir, model, data)
+        for note in notes:
+            print(note)
+        if not args.json:
+            print(f"wrote {len(written)} figures to {Path(args.run_dir) / 'figures'}")
+    if args.json:
+        print(json.dumps({"run_dir": str(args.run_dir), "model": cfg.model, "data": cfg.data.name,
+                          "split": "test", "metrics": results}, indent=2))
+        return 0
+    per_dim = [v for k, v in results.items() if k.startswith("kl_dim_")]
+    table = {k: v for k, v in results.items() if not k.startswith("kl_dim_") and k != "mutual_info_max"}
+    print_table(table, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} images)")
+    if "likelihood" in names:
+        n = len(data.test) if limit is None else min(limit, len(data.test))
+        print(f"  (neg_elbo and nll_iwae_k{args.k}: nats per image on {n} random test images, same samples)")
+        if "bits_per_dim" not in results:
+            print(f"  (no bits_per_dim: the {cfg.model_config.likelihood.name} likelihood is not a normalised "
+                  "distribution over 8-bit pixel values; use discretized_logistic for a code length)")
+    if "bits_per_dim_bernoulli" in results:
+        print("  (bits_per_dim_bernoulli: the bound (recon_nll + prior_nll of the codes) / (C*H*W*ln 2) under the "
+              "Bernoulli likelihood on grey values: NOT comparable with 8-bit bits/dim; train with "
+              "model.likelihood.name=discretized_logistic for a code length)")
+    elif vq and "bits_per_dim" in results:
+        print("  (bits_per_dim: the bound (recon_nll + prior_nll of the codes) / (C*H*W*ln 2), 8-bit code length)")
+    if vq and not model.capabilities.sample:
+        print(f"  (no code prior yet: `aelab train-prior {args.run_dir}` enables sampling, frechet and the "
+              "likelihood bound)")
+    if vq and not args.metrics and data.info.num_classes:
+        print(f"  (linear_probe is skipped by default for VQ models ({model.latent_dim}-dim flattened latents); "
+              "ask for it with --metrics)")
+    if "frechet_distance" in results:
+        print(f"  (frechet_* and classifier_score*: {args.samples} samples vs real test images in the features of "
+              f"aelab's own {cfg.data.name} classifier; NOT Inception-FID, comparable only on this data set at this n)")
+    if "mutual_info_max" in results:
+        print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
+    if per_dim:
+        print("  kl per dimension:  " + " ".join(f"{v:.2f}" for v in per_dim))
+    return 0
+
+
+
+def add_parser(command) -> None:
+    e = command("eval", help="test metrics of a trained run")
+    e.add_argument("run_dir")
+    e.add_argument("--metrics", help=f"comma-separated metric names, of {', '.join(METRICS)} (default: "
+                   "reconstruction, linear_probe, and "
+                   "likelihood, latent_diagnostics for models with a prior; for vqvae / vqvae2: reconstruction, "
+                   "codebook, and code_likelihood with a code prior); frechet (sample quality) is opt-in")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL (default 1000)")
+    e.add_argument("--limit", type=int, default=1000,
+                   help="IWAE and ELBO on a seeded random subset of this many test images (0: all; default 1000)")
+    e.add_argument("--samples", type=int, default=10000,
+                   help="samples (and real test images) of the frechet metric (default 10000)")
+    e.add_argument("--classifier", action="append", default=[], metavar="KEY=VALUE",
+                   help="frechet: the feature classifier's config, e.g. epochs=2, train_limit=5000 (part of its "
+                   "cache key)")
+    e.add_argument("--classifier-dir", help="frechet: classifier cache (default: $AELAB_CLASSIFIER_DIR, else beside "
+                   "the data)")
+    e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
+    e.set_defaults(fn=run)
+

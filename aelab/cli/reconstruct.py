@@ -1,0 +1,34 @@
+"""``aelab reconstruct``: a PNG grid of inputs and their reconstructions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from aelab.report.images import reconstruction_grid, save_image_grid
+from aelab.runs import load_run_with_data
+
+
+def run(args: argparse.Namespace) -> int:
+    _, model, data = load_run_with_data(args.run_dir)
+    split = data.test if args.split == "test" else data.train
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(split), generator=g)[: args.n]
+    x = split.get_batch(idx).x
+    out = Path(args.out) if args.out else Path(args.run_dir) / "images" / "reconstructions.png"
+    save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out, nrow=8, scale=2)
+    print(f"wrote {out} ({len(idx)} {args.split} images: odd rows input, even rows reconstruction)")
+    return 0
+
+
+
+def add_parser(command) -> None:
+    r = command("reconstruct", help="write a PNG grid of inputs and reconstructions")
+    r.add_argument("run_dir")
+    r.add_argument("--n", type=int, default=32)
+    r.add_argument("--split", choices=["test", "train"], default="test")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", help="PNG path (default: RUN_DIR/images/reconstructions.png)")
+    r.set_defaults(fn=run)

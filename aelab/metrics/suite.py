@@ -1,0 +1,79 @@
+"""Which metrics a model gets by default, which apply to it, and running them by name.
+
+Every metric registered in :data:`aelab.registry.METRICS` is called as
+``METRICS.get(name)(model, splits, **options)``; what applies to a model is read from its declared
+``model.capabilities``, never guessed from its attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from aelab.data.base import DatasetInfo, DataSplits
+from aelab.protocol import Capabilities, Model
+from aelab.registry import METRICS
+
+__all__ = ["check_metrics", "default_metrics", "metric_options", "run_metric"]
+
+#: metrics that need a continuous prior p(z) (models with discrete codes use code_likelihood)
+CONTINUOUS_PRIOR_METRICS = ("likelihood", "latent_diagnostics")
+#: metrics of a model with codes that need its code prior attached
+CODE_PRIOR_METRICS = ("frechet", "code_likelihood")
+
+
+def _capabilities(model: nn.Module) -> Capabilities:
+    return model.capabilities if isinstance(model, Model) else Capabilities()
+
+
+def default_metrics(model: nn.Module, info: DatasetInfo) -> list[str]:
+    """The metrics ``aelab eval`` runs when none are named.
+
+    Reconstruction always; for models with discrete codes the codebook usage and, with a code
+    prior, the likelihood bound; for models with a continuous prior the likelihood and latent
+    diagnostics; a linear probe on labelled data (not for codes: their flattened latents are
+    thousands of dimensions wide, slow and memory-hungry for full-batch L-BFGS).
+    """
+    caps = _capabilities(model)
+    names = ["reconstruction"]
+    if caps.codes:
+        return names + ["codebook"] + (["code_likelihood"] if caps.sample else [])
+    if caps.latent_prior:
+        names += ["likelihood", "latent_diagnostics"]
+    if info.num_classes:
+        names.append("linear_probe")
+    return names
+
+
+def check_metrics(model: nn.Module, names: Sequence[str], model_name: str, run_dir: str = "RUN_DIR") -> None:
+    """Fail before any work on unknown names and on metrics that do not apply to ``model``."""
+    caps = _capabilities(model)
+    for name in names:
+        METRICS.get(name)
+        if caps.codes and name in CONTINUOUS_PRIOR_METRICS:
+            raise ValueError(f"metric {name!r} needs a continuous prior p(z); a {model_name} run has discrete codes: "
+                             "use code_likelihood (the bound with its code prior) and codebook")
+        if caps.codes and name in CODE_PRIOR_METRICS and not caps.sample:
+            raise FileNotFoundError(f"metric {name!r} needs the run's code prior: train one first with "
+                                    f"`aelab train-prior {run_dir}`")
+
+
+def metric_options(name: str, batch_size: int = 500, k: int = 1000, limit: int | None = 1000,
+                   samples: int = 10000, classifier_config: Any = None, cache_dir: Any = None) -> dict[str, Any]:
+    """The options of metric ``name`` in an evaluation.
+
+    Only the likelihood takes ``k`` and ``limit`` (IWAE with k=1000 costs k decoder passes per
+    image); only frechet takes ``samples`` and its classifier's config and cache.
+    """
+    if name == "likelihood":
+        return {"k": k, "limit": limit, "batch_size": 100}
+    if name == "frechet":
+        return {"batch_size": batch_size, "n": samples, "classifier_config": classifier_config, "cache_dir": cache_dir}
+    return {"batch_size": batch_size}
+
+
+def run_metric(name: str, model: nn.Module, splits: DataSplits, **options: Any) -> dict[str, float]:
+    """Run the registered metric ``name``: ``METRICS.get(name)(model, splits, **options)``."""
+    return METRICS.get(name)(model, splits, **options)
