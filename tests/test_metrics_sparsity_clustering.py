@@ -23,6 +23,7 @@ from aelab.metrics.clustering import (
     normalized_mutual_info,
 )
 from aelab.metrics.sparsity import hoyer, hoyer_sparsity
+from aelab.protocol import Capabilities, Model
 from aelab.registry import METRICS
 
 
@@ -133,8 +134,11 @@ def test_mixture_assignment_recovers_components():
 
 
 # --- wrappers on models -------------------------------------------------------------------------
-class _MixtureModel(nn.Module):
+class _MixtureModel(Model):
     """A stand-in with ``encode`` and a mixture ``prior``: codes are the first two pixels."""
+
+    name = "mixture_stand_in"
+    capabilities = Capabilities(latent=True, latent_prior=True)
 
     def __init__(self, centres: torch.Tensor) -> None:
         super().__init__()

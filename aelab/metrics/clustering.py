@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, MixtureSameFamily
 
-from aelab.data.base import DataSplits, ImageDataset
+from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.metrics.reconstruction import encode_dataset
 from aelab.nn.kmeans import kmeans
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
@@ -247,9 +248,6 @@ def clustering_metric(model: nn.Module, data: ImageDataset, limit: int | None = 
     References:
         Hubert & Arabie, 1985 (ARI); Vinh, Epps & Bailey, JMLR 2010 (NMI).
     """
-    from aelab.metrics.likelihood import random_subset
-    from aelab.metrics.reconstruction import encode_dataset
-
     if assign not in ("auto", "prior", "kmeans"):
         raise ValueError(f"assign must be 'auto', 'prior' or 'kmeans', got {assign!r}")
     subset = random_subset(data, limit, seed)

@@ -28,7 +28,7 @@ from torch.distributions import Distribution, Independent
 
 from aelab.data.base import DataSplits, ImageDataset, random_subset
 from aelab.data.batches import eval_batches
-from aelab.nn.modes import evaluation, model_device  # noqa: F401  (re-exported: aelab.cli imports them from here)
+from aelab.nn.modes import evaluation
 from aelab.protocol import require
 from aelab.registry import METRICS
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aelab.data.base import DataSplits, ImageDataset
+from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.metrics.reconstruction import encode_dataset
 from aelab.nn.modes import evaluation
 from aelab.registry import METRICS
 
@@ -105,9 +106,6 @@ def sparsity_metric(model: nn.Module, data: ImageDataset, limit: int | None = 50
     Returns:
         ``{"hoyer": value}``: see :func:`hoyer_sparsity`.
     """
-    from aelab.metrics.likelihood import random_subset
-    from aelab.metrics.reconstruction import encode_dataset
-
     with evaluation(model, seed):
         z, _ = encode_dataset(model, random_subset(data, limit, seed), batch_size=batch_size)
     return hoyer_sparsity(z.cpu())
