@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 
 def _default_mode() -> int:
@@ -87,19 +87,24 @@ class RunLock:
 
     Example:
         >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d, RunLock(d):
-        ...     try:
-        ...         RunLock(d).acquire()
-        ...     except RunLockedError as e:
-        ...         print("in use by process" in str(e))
+        >>> with tempfile.TemporaryDirectory() as d, RunLock(d), RunLock(d):  # re-entrant in one process
+        ...     print((Path(d) / LOCK_NAME).read_text().strip() == str(os.getpid()))
         True
     """
 
+    _held: ClassVar[dict[Path, int]] = {}  # lock file -> how many holders in this process
+
     def __init__(self, directory: str | os.PathLike) -> None:
-        self.path = Path(directory) / LOCK_NAME
+        self.path = (Path(directory) / LOCK_NAME).absolute()
         self._fd: int | None = None
+        self._nested = False
 
     def acquire(self) -> RunLock:
+        """Take the lock (re-entrant within one process); :class:`RunLockedError` if another holds it."""
+        if self.path in RunLock._held:
+            RunLock._held[self.path] += 1
+            self._nested = True
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -112,10 +117,16 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        RunLock._held[self.path] = 1
         return self
 
     def release(self) -> None:
+        if self._nested:
+            RunLock._held[self.path] -= 1
+            self._nested = False
+            return
         if self._fd is not None:
+            RunLock._held.pop(self.path, None)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -17,7 +17,7 @@ from aelab.config import ConfigError, apply_overrides, from_dict, load_json, to_
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, Split, load_data
 from aelab.data.batches import eval_batches
 from aelab.data.codes import CodeDataset
-from aelab.io import sha256_file
+from aelab.io import RunLock, sha256_file
 from aelab.nn.modes import eval_mode
 from aelab.protocol import CONFIG_NAME, WEIGHTS_NAME, Model, ModelSpec, build_model, from_pretrained, require
 from aelab.registry import MODELS
@@ -226,11 +226,12 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir, on_epoch_end=on_epoch_end,
                       run_config=cfg.to_dict())
     trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
-    if on_start is not None:
-        on_start(trainer)
-    if not resume:
-        trainer.save()  # config + initial weights: the run directory is usable from the start
-    return trainer, trainer.fit(resume=resume)
+    with RunLock(run_dir):
+        if resume:
+            trainer.resume()  # here, so on_start can say where the run continues from
+        if on_start is not None:
+            on_start(trainer)
+        return trainer, trainer.fit(resume=resume)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Model]:

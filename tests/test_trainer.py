@@ -35,7 +35,7 @@ def _model(name: str, seed: int) -> Autoencoder:
 
 
 @pytest.mark.parametrize("name", ["ae", "dae", "ksparse_ae", "sparse_ae", "cae"])
-@pytest.mark.parametrize("stop_at", [5, 6, 13])  # mid-epoch (after a checkpoint or not) and across an epoch end
+@pytest.mark.parametrize("stop_at", [2, 5, 6, 13])  # before the first periodic checkpoint, mid-epoch, across an epoch end
 def test_resume_is_bit_identical(name, stop_at, tmp_path):
     data, test = _data(), _data(30, seed=1)
     full = Trainer(_model(name, 0), data, test, _cfg(), run_dir=tmp_path / "a")
@@ -65,9 +65,8 @@ class _PoisonAt(TensorImageDataset):
 
     def get_batch(self, idx):
         batch = super().get_batch(idx)
-        x, y = batch.x, batch.y
         self.calls += 1
-        return (x * float("nan"), y) if self.calls >= self.n else (x, y)
+        return Batch(batch.x * float("nan"), batch.y) if self.calls >= self.n else batch
 
 
 def test_non_finite_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
@@ -100,7 +99,7 @@ def test_checkpoint_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         t.save()
     assert (tmp_path / STATE_NAME).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temp files left
 
 
 def test_run_directory_contents(tmp_path):

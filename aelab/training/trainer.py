@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from aelab.batch import Batch
 from aelab.data.base import Split
 from aelab.data.batches import steps_per_epoch, train_batches
-from aelab.io import atomic_write_text
+from aelab.io import RunLock, atomic_write_text, remove_orphan_temporaries
 from aelab.protocol import Model, StepContext, model_spec
 from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES, MODELS
 from aelab.schedules import lr_multiplier
@@ -94,6 +94,8 @@ class TrainerConfig:
     images: write PNG grids of reconstructions (and samples) after each epoch; for models with a
         prior also latent traversals and, for 2-D latents, the decoded manifold and the test codes.
     progress: show a progress bar (only on a terminal).
+    divergence: stop the run like a NaN does when the training loss's magnitude exceeds this
+        (a finite blow-up, e.g. a weight schedule run away); ``None``: only NaN/inf stop it.
     """
 
     epochs: int = 10
@@ -119,6 +121,7 @@ class TrainerConfig:
     precision: str = "fp32"
     images: bool = True
     progress: bool = True
+    divergence: float | None = 1e10
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -130,18 +133,42 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         resolve_device(self.device)  # validates the name
+        if self.divergence is not None and not self.divergence > 0:
+            raise ValueError(f"trainer.divergence must be > 0 or None, got {self.divergence}")
         if self.iwae_k < 0 or self.iwae_limit < 1:
             raise ValueError(f"trainer.iwae_k must be >= 0 and trainer.iwae_limit >= 1, "
                              f"got {self.iwae_k} and {self.iwae_limit}")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept on disk."""
+    """The loss, a gradient or the optimizer state became NaN/inf, or the loss diverged past
+    ``trainer.divergence``; the last good checkpoint is kept on disk."""
 
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 Evaluation = Callable[[Model, Split], dict[str, float]]
 Figures = Callable[[Model, Split, Path, int, Sequence[str] | None], None]
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``. A last line cut short by a kill is dropped (it
+    is redone on resume); any other unreadable line, or a record without ``step``, is a
+    :class:`ValueError` naming the file and the line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break  # a write interrupted mid-line: the step it logged is after the checkpoint
+            raise ValueError(f"{path}, line {i + 1}: not a JSON record ({e}); fix or delete that line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}, line {i + 1}: a record needs an integer 'step', got {line[:80]!r}")
+        records.append(record)
+    return records
 
 
 def epoch_callbacks(model: Model) -> tuple[Callable | None, Callable | None]:
@@ -222,6 +249,7 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.step = 0
+        self.resumed_from: int | None = None
         self.last_metrics: dict[str, float] = {}
         self._writer = None
         self._checkpoint_step: int | None = None
@@ -257,9 +285,19 @@ class Trainer:
         self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
 
     def save(self) -> None:
-        """Write a resumable checkpoint and the current weights (each file atomically)."""
+        """Write a resumable checkpoint and the current weights (each file atomically).
+
+        Refuses (:class:`NonFiniteLossError`) when a weight or an optimizer moment is not finite,
+        so a checkpoint on disk is always one training can continue from.
+        """
         if self.run_dir is None:
             return
+        for what, tensors in [("weight", self.model.parameters()),
+                              *[(f"{g} optimizer state", (v for st in opt.state.values() for v in st.values()
+                                                          if torch.is_tensor(v) and v.is_floating_point()))
+                                for g, opt in self.optimizers.items()]]:
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+                self._non_finite(f"a {what}", float("nan"), {})
         save_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers,
                         {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps})
         extra = {k: v for k, v in (self.run_config or {}).items() if k not in ("model", "model_config")}
@@ -273,22 +311,33 @@ class Trainer:
         meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers)
         self.step = int(meta["step"])
         self._checkpoint_step = self.step
+        self.resumed_from = self.step
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():  # drop records written after the checkpoint: they will be redone
-            lines = [ln for ln in metrics.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["step"] <= self.step]
-            atomic_write_text(metrics, "".join(ln + "\n" for ln in lines))
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in read_metrics(metrics)
+                                               if r["step"] <= self.step))
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train until ``total_steps``; returns the last evaluation metrics."""
+        """Train until ``total_steps``; returns the last evaluation metrics.
+
+        With a run directory the trainer holds its lock (:class:`aelab.io.RunLock`) while it
+        runs, removes the temporary files of writes a killed process left, and a fresh run writes
+        its step-0 checkpoint right after seeding, so a run stopped at any step resumes exactly.
+        """
+        with RunLock(self.run_dir) if self.run_dir is not None else contextlib.nullcontext():
+            if self.run_dir is not None:
+                remove_orphan_temporaries(self.run_dir)
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         cfg = self.cfg
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.resume()
+            if self.resumed_from is None:
+                self.resume()
         else:
             torch.manual_seed(cfg.seed)
+            self.save()  # step 0: the config, the initial weights and the seeded RNG
         if self.run_dir is not None:
             self._open_writer()
         self.model.train()
@@ -330,7 +379,8 @@ class Trainer:
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _check_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
-        if not math.isfinite(value):
+        limit = self.cfg.divergence
+        if not math.isfinite(value) or (what == "loss" and limit is not None and abs(value) > limit):
             self._non_finite(what, value, terms)
 
     def _train_step(self, batch: Batch) -> dict[str, float]:
@@ -353,8 +403,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=dtype):
                 out = self.model.loss(batch, self.step)
         loss = out.loss.item()
-        if not math.isfinite(loss):
-            self._non_finite("loss", loss, out.terms)
+        self._check_finite("loss", loss, out.terms)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip is not None:
@@ -366,12 +415,14 @@ class Trainer:
         return {"loss": loss, **{k: v.item() for k, v in out.terms.items()}, "lr": lr}
 
     def _non_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
-        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        detail = "; terms: " + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()) if terms else ""
         where = (f"the last good checkpoint in {self.run_dir} is from step {self._checkpoint_step}"
                  if self._checkpoint_step is not None and self.run_dir is not None
                  else "no checkpoint had been written yet")
+        became = (f"exceeded trainer.divergence={self.cfg.divergence:g} in magnitude ({value:.4g})"
+                  if math.isfinite(value) else f"became {value}")
         raise NonFiniteLossError(
-            f"{what} became {value} at step {self.step} (epoch {self.epoch + 1}); terms: {detail}. "
+            f"{what} {became} at step {self.step} (epoch {self.epoch + 1}){detail}. "
             f"Nothing was written for this step; {where}. Lower trainer.lr or set trainer.grad_clip."
         )
 

@@ -1,0 +1,147 @@
+"""Hardening of runs: one writer per run directory, divergence stops, damaged logs, leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import fit_until_interrupted, tiny_overrides
+
+from aelab.data.base import TensorImageDataset
+from aelab.io import LOCK_NAME, RunLock, RunLockedError
+from aelab.protocol import build_model
+from aelab.training.checkpoint import STATE_NAME
+from aelab.training.trainer import NonFiniteLossError, Trainer, TrainerConfig, read_metrics
+
+
+def _data(n: int = 48) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorImageDataset(torch.randint(0, 256, (n, 1, 12, 10), generator=g, dtype=torch.uint8),
+                              torch.zeros(n, dtype=torch.long))
+
+
+def _trainer(run_dir, **cfg) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model("vae", **tiny_overrides("vae"))
+    base = dict(epochs=2, batch_size=16, checkpoint_every=2, log_every=1, images=False, progress=False, iwae_k=0)
+    return Trainer(model, _data(), _data(16), TrainerConfig(**(base | cfg)), run_dir=run_dir)
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from aelab.io import RunLock
+    RunLock(sys.argv[1]).acquire()
+    print("holding", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid_and_a_killed_holder_releases(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
+            _trainer(tmp_path).fit()
+        assert not (tmp_path / STATE_NAME).exists()  # the refused writer wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    # the kernel released the dead holder's lock: the stale lock file is taken over
+    assert (tmp_path / LOCK_NAME).read_text().strip() == str(holder.pid)
+    _trainer(tmp_path).fit()
+    assert (tmp_path / STATE_NAME).exists()
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
+    with RunLock(tmp_path), RunLock(tmp_path):
+        pass
+    with RunLock(tmp_path):  # free again
+        pass
+
+
+def test_a_finite_blow_up_stops_like_a_nan(tmp_path):
+    t = _trainer(tmp_path, divergence=1.0)  # a VAE's loss on 120 pixels is far above 1 nat
+    with pytest.raises(NonFiniteLossError, match=r"loss exceeded trainer.divergence=1 in magnitude .* step 0"):
+        t.fit()
+    with pytest.raises(ValueError, match="trainer.divergence must be > 0"):
+        TrainerConfig(divergence=0.0)
+
+
+def test_optimizer_state_that_is_not_finite_is_never_saved(tmp_path):
+    t = _trainer(tmp_path)
+    fit_until_interrupted(t, 3)
+    before = (tmp_path / STATE_NAME).read_bytes()
+    next(iter(t.optimizer.state.values()))["exp_avg"].fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match="optimizer state"):
+        t.save()
+    assert (tmp_path / STATE_NAME).read_bytes() == before
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_on_resume_and_other_damage_is_named(tmp_path):
+    t = _trainer(tmp_path)
+    fit_until_interrupted(t, 3)
+    log = tmp_path / "metrics.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 3, "epoch": 0, "spl')  # a write interrupted mid-line
+    resumed = _trainer(tmp_path)
+    resumed.fit(resume=True)
+    records = read_metrics(log)
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 7))
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record"):
+        read_metrics(log)
+    log.write_text('{"epoch": 1}\n')
+    with pytest.raises(ValueError, match=r"line 1: a record needs an integer 'step'"):
+        read_metrics(log)
+
+
+def test_temporary_files_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
+    t = _trainer(tmp_path)
+    fit_until_interrupted(t, 3)
+    orphan = tmp_path / ".model.safetensors.abc123.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    _trainer(tmp_path).fit(resume=True)
+    assert not orphan.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_a_run_killed_before_its_first_periodic_checkpoint_resumes_exactly(tmp_path):
+    straight = _trainer(tmp_path / "a", checkpoint_every=1000)
+    straight.fit()
+    first = _trainer(tmp_path / "b", checkpoint_every=1000)
+    fit_until_interrupted(first, 2)
+    assert json.loads(json.dumps(read_metrics(tmp_path / "b" / "metrics.jsonl")))  # steps 1-2 were logged
+    resumed = _trainer(tmp_path / "b", checkpoint_every=1000)
+    resumed.fit(resume=True)
+    assert resumed.resumed_from == 0
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_of_a_holder_mid_run_leaves_a_resumable_directory(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        import test_hardening as t
+        tr = t._trainer({str(tmp_path)!r})
+        step = tr._train_step
+        def die(batch):
+            if tr.step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return step(batch)
+        tr._train_step = die
+        tr.fit()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    resumed = _trainer(tmp_path)
+    resumed.fit(resume=True)  # the dead process's lock does not block
+    assert resumed.step == 6 and resumed.resumed_from == 3  # the epoch-end checkpoint
