@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, ClassVar
 
+import torch
+from safetensors import safe_open
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -60,6 +63,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """Hex SHA-256 over named tensors (names, dtypes, shapes and bytes, in name order): the
+    checksum aelab stores in each safetensors file it writes and verifies when reading it."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_safetensors(path: str | os.PathLike, what: str, device: str = "cpu") -> tuple[dict, dict[str, str]]:
+    """The tensors and metadata of a safetensors file aelab wrote, checked against the stored
+    checksum (files without one, from older versions, load unchecked).
+
+    Raises:
+        ValueError: the file is empty, truncated, not safetensors, or its tensors changed since
+            they were written; the message names the file and ``what`` it should hold.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise ValueError(f"{path}: cannot read {what}: the file is damaged, truncated or not a safetensors "
+                         f"file ({e})") from None
+    stored = meta.get("sha256")
+    if stored is not None and stored != tensors_sha256(tensors):
+        raise ValueError(f"{path}: the {what} fail their checksum: the file was damaged after it was written")
+    return tensors, meta
 
 
 def sha256_file(path: str | os.PathLike) -> str:

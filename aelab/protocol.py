@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from aelab.batch import Batch
 from aelab.config import ConfigError, default_config, from_dict, load_json, resolve_config, save_json, to_dict
-from aelab.io import atomic_path
+from aelab.io import atomic_path, read_safetensors, tensors_sha256
 from aelab.outputs import LossOutput
 from aelab.registry import MODELS
 
@@ -176,7 +176,7 @@ class Model(nn.Module):
         save_json(directory / CONFIG_NAME, {"model": self.name, "model_config": to_dict(self.config), **extra})
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"model": self.name})
+            save_file(state, str(tmp), metadata={"model": self.name, "sha256": tensors_sha256(state)})
 
     @staticmethod
     def from_pretrained(directory: str | Path, map_location: str = "cpu") -> Model:
@@ -279,7 +279,12 @@ def load_weights(module: nn.Module, directory: str | Path, map_location: str = "
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
-    module.load_state_dict(load_file(str(weights), device=map_location))
+    tensors, _ = read_safetensors(weights, "model weights", device=map_location)
+    expected = module.state_dict()
+    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
+        raise ConfigError(f"{weights}: the weights do not fit the model that {Path(directory) / CONFIG_NAME} "
+                          "describes (other parameter names or shapes): the two files are from different models")
+    module.load_state_dict(tensors)
     return module.eval()
 
 
@@ -302,12 +307,12 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu") -> Model:
 
 _NEEDS = {
     "reconstruct": "reconstructions",
-    "latent": "a latent code",
-    "latent_prior": "a continuous latent with a prior p(z)",
+    "latent": "latent code",
+    "latent_prior": "prior p(z) over a continuous latent",
     "codes": "discrete codes",
-    "sample": "a prior to sample from",
+    "sample": "prior to sample from",
     "images": "image inputs",
-    "own_step": "its own training step",
+    "own_step": "training step of its own",
 }
 
 
@@ -319,13 +324,13 @@ def require(model: nn.Module, *capabilities: str, what: str) -> None:
         >>> require(build_model("ae"), "latent_prior", what="the IWAE likelihood")
         Traceback (most recent call last):
         ...
-        ValueError: model 'ae' lacks a continuous latent with a prior p(z), which the IWAE likelihood needs
+        ValueError: model 'ae' has no prior p(z) over a continuous latent (needed for the IWAE likelihood)
     """
     caps = model.capabilities if isinstance(model, Model) else Capabilities()
     for c in capabilities:
         if not getattr(caps, c):
             name = model.name if isinstance(model, Model) else type(model).__name__
-            raise ValueError(f"model {name!r} lacks {_NEEDS[c]}, which {what} needs")
+            raise ValueError(f"model {name!r} has no {_NEEDS[c]} (needed for {what})")
 
 
 @contextlib.contextmanager

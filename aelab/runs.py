@@ -19,7 +19,17 @@ from aelab.data.batches import eval_batches
 from aelab.data.codes import CodeDataset
 from aelab.io import RunLock, sha256_file
 from aelab.nn.modes import eval_mode
-from aelab.protocol import CONFIG_NAME, WEIGHTS_NAME, Model, ModelSpec, build_model, from_pretrained, require
+from aelab.protocol import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Model,
+    ModelSpec,
+    build_model,
+    from_pretrained,
+    load_weights,
+    read_saved_config,
+    require,
+)
 from aelab.registry import MODELS
 from aelab.training.checkpoint import STATE_NAME
 from aelab.training.trainer import Callback, Trainer, TrainerConfig, resolve_device
@@ -205,14 +215,64 @@ def fit_config_to_data(cfg: RunConfig, info: DatasetInfo) -> RunConfig:
     return RunConfig.from_dict(dataclasses.replace(cfg, model_config=fit(cfg.model_config, info)).to_dict())
 
 
+#: what ``--set`` may change when a run is resumed: how long it runs, and what only logging,
+#: evaluation or pictures read (none of them touches the training arithmetic or its RNG stream)
+RESUMABLE_FIELDS = frozenset({
+    "trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.progress", "trainer.images",
+    "trainer.checkpoint_every", "trainer.eval_batch_size", "trainer.eval_limit", "trainer.diagnostics",
+    "trainer.iwae_k", "trainer.iwae_limit", "trainer.divergence",
+})
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flatten(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The saved config of ``run_dir`` with ``overrides`` applied, if they only change what a resumed
+    run may change (:data:`RESUMABLE_FIELDS`: its length, logging, evaluation and pictures).
+
+    Raises:
+        ConfigError: naming each other field changed, and how to start a new run from this one.
+    """
+    saved = load_run_config(run_dir)
+    new = saved.with_overrides(overrides)
+    before, after = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    changed = sorted(k.replace("model_config.", "model.") for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
+    if changed:
+        raise ConfigError(f"a resumed run continues exactly what it started, so {', '.join(changed)} cannot change "
+                          f"(only the run's length, logging and evaluation may: trainer.epochs, trainer.max_steps, "
+                          f"...); to train on from these weights with other settings start a new run: aelab train "
+                          f"--init-from {run_dir} --config {Path(run_dir) / CONFIG_NAME} --set ... --out NEW_DIR")
+    return new
+
+
+def init_weights_from(model: Model, source: str | Path) -> None:
+    """Load the weights of the run (or saved model) in ``source`` into ``model`` (fine-tuning),
+    which must be the same model with the same architecture."""
+    meta = read_saved_config(source)
+    if meta["model"] != model.name:
+        raise ConfigError(f"--init-from {source}: it holds a {meta['model']!r} model, this run trains {model.name!r}")
+    load_weights(model, source)
+    model.train()
+
+
 def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
               on_epoch_end: list[Callback] | None = None, on_start: Callable[[Trainer], None] | None = None,
-              ) -> tuple[Trainer, dict[str, float]]:
+              init_from: str | Path | None = None) -> tuple[Trainer, dict[str, float]]:
     """Train (or resume) the run ``cfg`` in ``run_dir``: what ``aelab train`` does.
 
     Loads the data, fills the model config from it, seeds torch with ``trainer.seed``, builds the
-    model, saves the config and initial weights (a fresh run), and trains with the model family's
-    per-epoch evaluation and pictures. ``on_start(trainer)`` runs before training (e.g. to print).
+    model (with the weights of ``init_from``, a run to fine-tune, if given), and trains with the
+    model family's per-epoch evaluation and pictures; the step-0 checkpoint makes the run directory
+    usable from the start. ``on_start(trainer)`` runs before training (e.g. to print); when
+    resuming, ``trainer.resumed_from`` is the step it continues from.
 
     Returns:
         The trainer and the last evaluation metrics.
@@ -223,8 +283,13 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     cfg = fit_config_to_data(cfg, data.info)
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, cfg.model_config)
+    if init_from is not None:
+        if resume:
+            raise ConfigError("--init-from starts a new run from another run's weights; it does not go with --resume")
+        init_weights_from(model, init_from)
+    run_config = cfg.to_dict() | ({"parent": {"init_from": str(init_from)}} if init_from is not None else {})
     trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir, on_epoch_end=on_epoch_end,
-                      run_config=cfg.to_dict())
+                      run_config=run_config)
     trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
     with RunLock(run_dir):
         if resume:

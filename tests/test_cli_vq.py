@@ -178,7 +178,7 @@ def _run(path: Path, name: str) -> Path:
     (["sample", "{vq}"], "aelab train-prior"),
     (["eval", "{vq}", "--metrics", "frechet"], "needs the run's code prior"),
     (["eval", "{vq}", "--metrics", "likelihood"], "needs a continuous prior"),
-    (["sample", "{ae}"], "lacks a prior to sample from"),
+    (["sample", "{ae}"], "has no prior to sample from"),
     (["sample", "{vae}", "--temperature", "0.5"], "--temperature applies to the code priors"),
 ])
 def test_errors_are_clear(command, message, vq_run, tmp_path, capsys):

@@ -23,6 +23,7 @@ from aelab.metrics.generative import (
     frechet_distance,
     generative_metric,
 )
+from aelab.metrics.suite import run_metric
 from aelab.models import build_model
 from aelab.registry import MODELS
 from aelab.training import classifier as gm
@@ -297,8 +298,6 @@ def test_real_images_are_closer_to_real_than_corrupted_ones(fashion):
 
 
 def test_generative_metric_on_a_vae(fashion, tmp_path):
-    from aelab.cli import _run_metric
-
     splits, net = fashion
     vae = build_model("vae", image_shape=(1, 28, 28), latent_dim=4, backbone={"hidden": (32,)})
     rng_before = torch.get_rng_state()
@@ -312,8 +311,8 @@ def test_generative_metric_on_a_vae(fashion, tmp_path):
     assert a["frechet_classifier_acc"] == net.meta["test_accuracy"]
     assert generative_metric(vae, splits, n=300, batch_size=128, classifier=net) == a  # seeded
     assert generative_metric(vae, splits, n=300, batch_size=128, classifier=net, seed=1) != a
-    # the CLI's dispatch hands the metric the splits and the options it names
-    assert _run_metric("frechet", vae, splits, {"batch_size": 128, "n": 300, "classifier": net, "k": 5}) == a
+    # the one calling convention the CLI uses: (model, splits, **options)
+    assert run_metric("frechet", vae, splits, batch_size=128, n=300, classifier=net) == a
 
     ae = build_model("ae", image_shape=(1, 28, 28), latent_dim=4, backbone={"hidden": (32,)})
     with pytest.raises(ValueError, match="prior to sample from"):

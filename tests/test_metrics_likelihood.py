@@ -20,6 +20,7 @@ from aelab.metrics.likelihood import (
     log_importance_weights,
 )
 from aelab.models import build_model
+from aelab.protocol import Capabilities, Model
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHAPE = (1, 2, 3)  # P = 6 pixels
@@ -117,8 +118,11 @@ class _Replay(Distribution):
         return self.q.log_prob(value)
 
 
-class _ReplayModel(nn.Module):
+class _ReplayModel(Model):
     """The encode/decode/prior interface of an aelab model, with replayed posterior samples."""
+
+    name = "replay_stand_in"
+    capabilities = Capabilities(latent=True, latent_prior=True)
 
     def __init__(self, model: nn.Module, pool: torch.Tensor) -> None:
         super().__init__()

@@ -35,7 +35,7 @@ def _model(name: str, seed: int) -> Autoencoder:
 
 
 @pytest.mark.parametrize("name", ["ae", "dae", "ksparse_ae", "sparse_ae", "cae"])
-@pytest.mark.parametrize("stop_at", [2, 5, 6, 13])  # before the first periodic checkpoint, mid-epoch, across an epoch end
+@pytest.mark.parametrize("stop_at", [2, 5, 6, 13])  # before the first periodic checkpoint, mid-epoch, epoch end
 def test_resume_is_bit_identical(name, stop_at, tmp_path):
     data, test = _data(), _data(30, seed=1)
     full = Trainer(_model(name, 0), data, test, _cfg(), run_dir=tmp_path / "a")

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import torch
 
+from aelab.protocol import require
 from aelab.report.images import reconstruction_grid, save_image_grid
 from aelab.runs import load_run_with_data
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
     _, model, data = load_run_with_data(args.run_dir)
+    require(model, "reconstruct", what="aelab reconstruct")
     split = data.test if args.split == "test" else data.train
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(split), generator=g)[: args.n]
@@ -23,12 +27,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_parser(command) -> None:
     r = command("reconstruct", help="write a PNG grid of inputs and reconstructions")
     r.add_argument("run_dir")
-    r.add_argument("--n", type=int, default=32)
-    r.add_argument("--split", choices=["test", "train"], default="test")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--n", type=int, default=32, help="how many images (default 32; fewer if the split is smaller)")
+    r.add_argument("--split", choices=["test", "train"], default="test", help="which split to draw from")
+    r.add_argument("--seed", type=int, default=0, help="seeds the random choice of images")
     r.add_argument("--out", help="PNG path (default: RUN_DIR/images/reconstructions.png)")
     r.set_defaults(fn=run)

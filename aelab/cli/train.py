@@ -8,7 +8,7 @@ from typing import Any
 
 from aelab.config import ConfigError
 from aelab.registry import DATASETS, MODELS
-from aelab.runs import RunConfig, load_run_config, new_run_dir, train_run
+from aelab.runs import RunConfig, load_run_config, new_run_dir, resume_config, train_run
 
 #: the code priors are trained on a run's codes by ``aelab train-prior``
 CODE_PRIOR_FAMILY = "code prior"
@@ -22,23 +22,33 @@ def _epoch_printer(trainer, metrics: dict[str, Any]) -> None:
     print(f"epoch {metrics['epoch'] + 1} step {metrics['step']}: {text}", flush=True)
 
 
+NO_MODEL = ("name a model to train, e.g. `aelab train ae --data fashion-mnist --set trainer.epochs=2` "
+            "(`aelab list` shows the models and data sets), or run the quick start: "
+            "`aelab train --config configs/quickstart.json --out runs/quickstart`")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.model or args.config or args.data:
+        if args.model or args.config or args.data or args.init_from:
             raise ConfigError("--resume takes the run's own config; give only --set overrides (e.g. trainer.epochs)")
         run_dir = Path(args.resume)
-        cfg = load_run_config(run_dir).with_overrides(args.set)
+        args.run_dir = run_dir  # for the interrupt message
+        cfg = resume_config(run_dir, args.set)
     else:
         if args.config:
             cfg = load_run_config(args.config, require_data=False)
-            if args.model:
-                cfg = RunConfig(model=args.model, data=cfg.data, trainer=cfg.trainer)
+            if args.model and args.model != cfg.model:
+                raise ConfigError(f"{args.config} trains model {cfg.model!r} but the command line names "
+                                  f"{args.model!r}: give one of them (the file's model settings belong to its model)")
+        elif args.model:
+            cfg = RunConfig(model=args.model)
         else:
-            cfg = RunConfig(model=args.model or "ae")
+            raise ConfigError(NO_MODEL)
         if args.data:
             cfg.data.name = args.data
         cfg = cfg.with_overrides(args.set)
         run_dir = Path(args.out) if args.out else new_run_dir(cfg)
+        args.run_dir = run_dir
         if (run_dir / "trainer_state.safetensors").exists() or (run_dir / "config.json").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
                               "or choose another --out (nothing was overwritten)")
@@ -46,13 +56,22 @@ def run(args: argparse.Namespace) -> int:
     def started(trainer) -> None:
         data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
         what = f" images of shape {shape}" if shape is not None else " examples"
-        print(f"{'resuming' if args.resume else 'training'} {cfg.model} on {cfg.data.name} "
-              f"({len(data)} train / {len(trainer.test_data)} test{what}) -> {run_dir}", flush=True)
+        source = f"{cfg.data.name} ({cfg.data.path})" if cfg.data.path else cfg.data.name
+        if trainer.resumed_from is not None and trainer.resumed_from >= trainer.total_steps:
+            print(f"nothing to do: {run_dir} finished at step {trainer.resumed_from} of {trainer.total_steps}; "
+                  "raise trainer.epochs (or trainer.max_steps) with --set to train on", flush=True)
+            return
+        step = f" from step {trainer.resumed_from} of {trainer.total_steps}" if trainer.resumed_from is not None else (
+            f" for {trainer.total_steps} steps")
+        init = f" from the weights of {args.init_from}" if args.init_from else ""
+        print(f"{'resuming' if args.resume else 'training'} {cfg.model}{init} on {source} "
+              f"({len(data)} train / {len(trainer.test_data)} test{what}){step} -> {run_dir}", flush=True)
 
-    train_run(cfg, run_dir, resume=bool(args.resume), on_epoch_end=[_epoch_printer], on_start=started)
-    print(f"done: {run_dir}")
+    trainer, _ = train_run(cfg, run_dir, resume=bool(args.resume), on_epoch_end=[_epoch_printer], on_start=started,
+                           init_from=args.init_from)
+    if trainer.resumed_from is None or trainer.resumed_from < trainer.total_steps:
+        print(f"done: {run_dir}")
     return 0
-
 
 
 def add_parser(command) -> None:
@@ -66,5 +85,8 @@ def add_parser(command) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. model.latent_dim=32, trainer.epochs=5, data.root=DIR")
     t.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run exactly (only trainer.epochs, "
+                   "trainer.max_steps and logging/evaluation settings may change with --set)")
+    t.add_argument("--init-from", metavar="RUN_DIR", help="start a new run from another run's weights (fine-tuning; "
+                   "same model and architecture)")
     t.set_defaults(fn=run)

@@ -47,8 +47,16 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = N
 
 
 def reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, per_row: int = 8) -> torch.Tensor:
-    """Interleave rows of inputs and their reconstructions: input row, reconstruction row, ..."""
+    """Interleave rows of inputs and their reconstructions: input row, reconstruction row, ...
+
+    A last row shorter than ``per_row`` is padded with blank images, so a grid of ``per_row``
+    columns keeps inputs and reconstructions on rows of their own.
+    """
     rows = []
     for i in range(0, x.shape[0], per_row):
-        rows += [x[i : i + per_row], x_hat[i : i + per_row]]
+        a, b = x[i : i + per_row], x_hat[i : i + per_row]
+        if a.shape[0] < per_row:
+            pad = a.new_zeros(per_row - a.shape[0], *a.shape[1:])
+            a, b = torch.cat([a, pad]), torch.cat([b, pad])
+        rows += [a, b]
     return torch.cat(rows)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from aelab.io import atomic_path
+from aelab.io import atomic_path, read_safetensors, tensors_sha256
 
 STATE_NAME = "trainer_state.safetensors"
 
@@ -47,19 +46,21 @@ def save_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     info = {**meta, "optimizers": param_groups}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info)})
+        save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info), "sha256": tensors_sha256(tensors)})
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
     """Restore model, optimizers and RNG from ``path``; returns the metadata (step, epoch, ...)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: nothing to resume from")
+    tensors, metadata = read_safetensors(path, "trainer checkpoint")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["aelab"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise ValueError(f"{path}: cannot read trainer checkpoint ({e})") from None
+        meta = json.loads(metadata["aelab"])
+        missing = sorted({"step", "optimizers"} - set(meta)) + ([] if "rng.torch" in tensors else ["rng.torch"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        missing = ["its aelab metadata"]
+    if missing:
+        raise ValueError(f"{path}: not a complete aelab trainer checkpoint (missing {', '.join(missing)})")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     saved = meta.pop("optimizers")
     if set(saved) != set(optimizers):
