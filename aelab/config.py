@@ -191,6 +191,8 @@ def load_json(path: Any) -> Any:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a JSON text file (it holds bytes that are not UTF-8)") from None
 
 
 def save_json(path: Any, obj: Any) -> None:

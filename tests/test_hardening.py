@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import fit_until_interrupted, tiny_overrides
 
+from aelab.cli import main
 from aelab.data.base import TensorImageDataset
 from aelab.io import LOCK_NAME, RunLock, RunLockedError
 from aelab.protocol import build_model
@@ -145,3 +146,102 @@ def test_sigkill_of_a_holder_mid_run_leaves_a_resumable_directory(tmp_path):
     resumed = _trainer(tmp_path)
     resumed.fit(resume=True)  # the dead process's lock does not block
     assert resumed.step == 6 and resumed.resumed_from == 3  # the epoch-end checkpoint
+
+
+# --- through the command line: every expected failure is one line naming the problem ---------------
+SMALL = ["--data", "fashion-mnist", "--set", "data.train_subset=100", "--set", "data.test_subset=50",
+         "--set", "model.latent_dim=4", "--set", "model.backbone.hidden=16", "--set", "trainer.batch_size=50",
+         "--set", "trainer.progress=false", "--set", "trainer.images=false", "--set", "trainer.iwae_k=0",
+         "--set", "trainer.epochs=1"]
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["--threads", "1", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def cli_run(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    code, out, err = _cli(capsys, "train", "vae", *SMALL, "--out", str(run))
+    assert code == 0, err
+    assert "for 2 steps" in out
+    return run
+
+
+def _one_line_error(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aelab: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, err)
+
+
+def test_resume_is_strict_about_what_it_continues(cli_run, capsys):
+    code, _, err = _cli(capsys, "train", "--resume", str(cli_run), "--set", "trainer.batch_size=40",
+                        "--set", "data.train_subset=90", "--set", "model.beta=2")
+    assert code == 2
+    _one_line_error(err, "data.train_subset, model.beta, trainer.batch_size cannot change", "--init-from")
+    code, out, err = _cli(capsys, "train", "--resume", str(cli_run))
+    assert code == 0 and "nothing to do" in out and "finished at step 2 of 2" in out and "done" not in out
+    code, out, err = _cli(capsys, "train", "--resume", str(cli_run), "--set", "trainer.epochs=2",
+                          "--set", "trainer.log_every=1")
+    assert code == 0 and "resuming vae on fashion-mnist" in out and "from step 2 of 4" in out, err
+
+
+def test_init_from_starts_a_new_run_from_the_weights(cli_run, tmp_path, capsys):
+    new = tmp_path / "tuned"
+    code, out, err = _cli(capsys, "train", "vae", *SMALL, "--set", "trainer.lr=1e-4", "--init-from", str(cli_run),
+                          "--out", str(new))
+    assert code == 0 and f"from the weights of {cli_run}" in out, err
+    meta = json.loads((new / "config.json").read_text())
+    assert meta["parent"] == {"init_from": str(cli_run)} and meta["trainer"]["lr"] == 1e-4
+    code, _, err = _cli(capsys, "train", "ae", *SMALL, "--init-from", str(cli_run), "--out", str(tmp_path / "x"))
+    assert code == 2
+    _one_line_error(err, "holds a 'vae' model, this run trains 'ae'")
+
+
+def test_a_new_users_mistakes_get_one_line_each(tmp_path, capsys):
+    code, _, err = _cli(capsys, "train")
+    assert code == 2
+    _one_line_error(err, "name a model to train", "configs/quickstart.json")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": "vae", "model_config": {"latent_dim": 3}, "data": {"name": "dsprites"}}))
+    code, _, err = _cli(capsys, "train", "ae", "--config", str(cfg))
+    _one_line_error(err, "trains model 'vae' but the command line names 'ae'")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+@pytest.mark.parametrize("name", ["model.safetensors", "trainer_state.safetensors", "config.json", "metrics.jsonl"])
+def test_each_damaged_run_file_is_named_in_one_line(cli_run, capsys, name, damage):
+    path = cli_run / name
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        i = len(data) - 5  # inside the last tensor's bytes, or the last JSON value
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x55]) + data[i + 1:])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(b"\x80\x04garbage")
+    for argv in (["eval", str(cli_run), "--metrics", "reconstruction"],
+                 ["train", "--resume", str(cli_run), "--set", "trainer.epochs=2"]):
+        code, _, err = _cli(capsys, *argv)
+        if code == 0:  # damage a command does not read (the log for eval; a flipped log value)
+            continue
+        assert code == 2, (argv, err)
+        _one_line_error(err, name)
+
+
+def test_a_read_only_run_directory_is_an_error_naming_it(cli_run, capsys):
+    if os.geteuid() == 0:  # root writes anywhere: simulate with a run directory that is a file
+        target = cli_run.parent / "file"
+        target.write_text("x")
+        code, _, err = _cli(capsys, "train", "vae", *SMALL, "--out", str(target))
+    else:
+        cli_run.chmod(0o500)
+        code, _, err = _cli(capsys, "train", "--resume", str(cli_run), "--set", "trainer.epochs=2")
+        cli_run.chmod(0o700)
+    assert code == 2 and "Traceback" not in err
+    _one_line_error(err)

@@ -154,7 +154,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl``. A last line cut short by a kill is dropped (it
     is redone on resume); any other unreadable line, or a record without ``step``, is a
     :class:`ValueError` naming the file and the line."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a metrics log (it holds bytes that are not UTF-8); move it away to "
+                         "resume without the old records") from None
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
