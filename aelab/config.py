@@ -127,7 +127,8 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+        msg = str(e)  # messages that already name the field (``trainer.lr must ...``) keep their name
+        raise ConfigError(msg if where and msg.startswith(f"{where}.") else f"{where or cls.__name__}: {msg}") from None
     return obj
 
 
@@ -160,8 +161,9 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def apply_overrides(cfg: C, overrides: list[str]) -> C:
-    """Return a copy of ``cfg`` with dotted ``key=value`` overrides applied and type-checked."""
+def apply_overrides(cfg: C, overrides: list[str], where: str = "") -> C:
+    """Return a copy of ``cfg`` with dotted ``key=value`` overrides applied and type-checked;
+    ``where`` (e.g. ``trainer``) prefixes the field names in error messages."""
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
@@ -182,7 +184,7 @@ def apply_overrides(cfg: C, overrides: list[str]) -> C:
         if isinstance(node[parts[-1]], str) and not isinstance(value, str) and value is not None:
             value = raw  # keep strings as typed, e.g. a schedule spec "linear(0,1,100)"
         node[parts[-1]] = value
-    return from_dict(type(cfg), data)
+    return from_dict(type(cfg), data, where)
 
 
 def load_json(path: Any) -> Any:

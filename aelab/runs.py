@@ -114,9 +114,9 @@ class RunConfig:
             raise ConfigError("this run has no data section to override (its data come from its parent run)")
         return RunConfig(
             model=self.model,
-            model_config=apply_overrides(self.model_config, by_section["model"]),
-            data=apply_overrides(self.data, by_section["data"]) if self.data is not None else None,
-            trainer=apply_overrides(self.trainer, by_section["trainer"]),
+            model_config=apply_overrides(self.model_config, by_section["model"], "model"),
+            data=apply_overrides(self.data, by_section["data"], "data") if self.data is not None else None,
+            trainer=apply_overrides(self.trainer, by_section["trainer"], "trainer"),
             parent=self.parent,
         )
 
@@ -307,9 +307,17 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Model]:
 # --- code priors on a VQ run's codes --------------------------------------------------------------
 @torch.no_grad()
 def load_run_with_data(run_dir: str | Path) -> tuple[RunConfig, Model, DataSplits]:
-    """A run's config, its trained model (:func:`load_run`) and its data splits."""
+    """A run's config, its trained model (:func:`load_run`) and its data splits, checked to be the
+    data the model was trained for (a file replaced by one of other image sizes is named)."""
     cfg, model = load_run(run_dir)
-    return cfg, model, load_data(cfg.data)
+    data = load_data(cfg.data)
+    fitted = fit_config_to_data(cfg, data.info)
+    if fitted.model_config != cfg.model_config:
+        source = cfg.data.path or cfg.data.name
+        raise ConfigError(f"{source} no longer fits the model of {run_dir}: it now gives examples of shape "
+                          f"{tuple(data.info.shape)}, and the model was built for other data (the data changed "
+                          "since training)")
+    return cfg, model, data
 
 
 def metric_splits(cfg: RunConfig, data: DataSplits, metric: str) -> DataSplits:

@@ -31,9 +31,17 @@ def _progress(step: int, steps: float, delay: float = 0) -> float:
     return min(max((step - delay) / max(steps, 1), 0.0), 1.0)
 
 
+def _finite(name: str, *values: float) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: values must be finite, got {values}")
+
+
 @dataclass(frozen=True)
 class constant:  # noqa: N801 - reads like a function in specs
     value: float
+
+    def __post_init__(self) -> None:
+        _finite("constant", self.value)
 
     def __call__(self, step: int | None) -> float:
         return float(self.value)
@@ -45,6 +53,12 @@ class linear:  # noqa: N801
     end: float
     steps: float
     delay: float = 0
+
+    def __post_init__(self) -> None:
+        _finite("linear", self.start, self.end, self.steps, self.delay)
+        if self.steps < 0 or self.delay < 0:
+            raise ValueError(f"linear(start, end, steps, delay): steps and delay must be >= 0, "
+                             f"got steps={self.steps:g}, delay={self.delay:g}")
 
     def __call__(self, step: int | None) -> float:
         if step is None:
@@ -59,6 +73,12 @@ class cosine:  # noqa: N801
     steps: float
     delay: float = 0
 
+    def __post_init__(self) -> None:
+        _finite("cosine", self.start, self.end, self.steps, self.delay)
+        if self.steps < 0 or self.delay < 0:
+            raise ValueError(f"cosine(start, end, steps, delay): steps and delay must be >= 0, "
+                             f"got steps={self.steps:g}, delay={self.delay:g}")
+
     def __call__(self, step: int | None) -> float:
         if step is None:
             return float(self.end)
@@ -72,6 +92,12 @@ class cyclical:  # noqa: N801
     end: float
     period: float
     ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        _finite("cyclical", self.start, self.end, self.period, self.ratio)
+        if self.period <= 0 or not 0 < self.ratio <= 1:
+            raise ValueError(f"cyclical(start, end, period, ratio): period must be > 0 and ratio in (0, 1], "
+                             f"got period={self.period:g}, ratio={self.ratio:g}")
 
     def __call__(self, step: int | None) -> float:
         if step is None:

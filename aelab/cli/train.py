@@ -19,7 +19,7 @@ def _epoch_printer(trainer, metrics: dict[str, Any]) -> None:
     shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "samples_per_second", "mutual_info_max")
              and not k.startswith("kl_dim_")}
     text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-    print(f"epoch {metrics['epoch'] + 1} step {metrics['step']}: {text}", flush=True)
+    print(f"epoch {metrics['epoch'] + 1} step {metrics['step']}: test {text}", flush=True)
 
 
 NO_MODEL = ("name a model to train, e.g. `aelab train ae --data fashion-mnist --set trainer.epochs=2` "

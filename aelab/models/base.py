@@ -41,6 +41,12 @@ class AEConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
 
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"model.image_shape must be (C, H, W) of positive sizes, got {self.image_shape}")
+
 
 class Autoencoder(Model):
     """An autoencoder assembled from parts, with its objective.

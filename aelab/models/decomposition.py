@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from aelab.config import ConfigError
 from aelab.latents.heads import DiagonalGaussianHead
 from aelab.losses.terms import AggregatePosteriorDivergence
 from aelab.models.base import Autoencoder
@@ -27,7 +28,10 @@ class DecompositionConfig(VAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_schedule(self.alpha)
+        try:
+            parse_schedule(self.alpha)
+        except ValueError as e:
+            raise ConfigError(f"model.alpha: {e}") from None
         AggregatePosteriorDivergence(self.divergence, self.mmd_scales)  # validates the name
 
 

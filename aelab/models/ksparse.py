@@ -29,6 +29,7 @@ class KSparseAEConfig(AEConfig):
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 1 <= self.k <= self.latent_dim:
             raise ValueError(f"k must be in [1, latent_dim={self.latent_dim}], got {self.k}")
         if self.alpha < 1.0:

@@ -39,7 +39,13 @@ class VAEConfig(AEConfig):
     posterior_scale: str = "log_sigma"
 
     def __post_init__(self) -> None:
-        parse_schedule(self.beta)  # fail at config time, naming the spec
+        super().__post_init__()
+        try:
+            parse_schedule(self.beta)  # fail at config time, naming the spec
+        except ValueError as e:
+            raise ConfigError(f"model.beta: {e}") from None
+        if not self.free_bits >= 0:
+            raise ConfigError(f"model.free_bits must be >= 0, got {self.free_bits}")
         if self.posterior_scale not in SCALE_PARAMS:
             raise ConfigError(f"model.posterior_scale: expected one of {', '.join(SCALE_PARAMS)}, "
                               f"got {self.posterior_scale!r}")

@@ -133,6 +133,21 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         resolve_device(self.device)  # validates the name
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"trainer.lr must be a finite number > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"trainer.betas must lie in [0, 1), got {self.betas}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"trainer.max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"trainer.grad_clip must be > 0 or None (0 would stop learning, a negative value "
+                             f"ascend the gradient), got {self.grad_clip}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"trainer.eval_limit must be >= 1 or None, got {self.eval_limit}")
         if self.divergence is not None and not self.divergence > 0:
             raise ValueError(f"trainer.divergence must be > 0 or None, got {self.divergence}")
         if self.iwae_k < 0 or self.iwae_limit < 1:
@@ -346,9 +361,12 @@ class Trainer:
             self._open_writer()
         self.model.train()
         bar = None
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         if cfg.progress:
             bar = tqdm(total=self.total_steps, initial=self.step, disable=None, dynamic_ncols=True,
-                       desc=f"epoch {self.epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}")
+                       desc=f"epoch {min(self.epoch + 1, epochs)}/{epochs}")
+        # short runs log their training losses too (a few records an epoch at least)
+        log_every = min(cfg.log_every, max(1, self.steps_per_epoch // 4))
         try:
             while self.step < self.total_steps:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
@@ -360,16 +378,19 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-                    if self.step % cfg.log_every == 0:
+                    if self.step % log_every == 0:
                         self._log({"step": self.step, "epoch": epoch, "split": "train", **logs})
                     if self.step % cfg.checkpoint_every == 0 and self.step % self.steps_per_epoch:
                         self.save()
                     if self.step >= self.total_steps:
                         break
                 seconds = time.perf_counter() - t0
+                if bar is not None:
+                    bar.clear()  # the epoch's printed line goes on a line of its own
                 self._end_epoch(epoch, seconds, seen)
                 if bar is not None:
-                    bar.set_description(f"epoch {self.epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}")
+                    bar.set_description(f"epoch {min(self.epoch + 1, epochs)}/{epochs}")
+                    bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
