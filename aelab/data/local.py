@@ -91,6 +91,8 @@ def images_to_uint8(x: np.ndarray, key: str, source: str | os.PathLike) -> Tenso
         raise ValueError(f"{where} has shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, H, W, C)")
     if x.shape[0] == 0:
         raise ValueError(f"{where} holds no images")
+    if min(x.shape[2:]) == 0:
+        raise ValueError(f"{where} has shape {x.shape}: images of height or width 0")
     if x.dtype == np.uint8:
         out = x
     elif x.dtype == np.bool_:
@@ -116,6 +118,11 @@ def images_to_uint8(x: np.ndarray, key: str, source: str | os.PathLike) -> Tenso
     return torch.from_numpy(out)
 
 
+#: the most classes (or values of one factor) a user's labels may index: a class count sizes
+#: probes and classifiers, so a stray 1e9 label must not become a billion-way output
+MAX_CLASSES = 65_536
+
+
 def labels_to_int64(y: np.ndarray, key: str, n: int, source: str | os.PathLike) -> Tensor:
     """Check and convert labels ``(N,)`` or factors ``(N, K)`` to int64."""
     where = f"{source}: array {key!r}"
@@ -126,14 +133,17 @@ def labels_to_int64(y: np.ndarray, key: str, n: int, source: str | os.PathLike) 
             raise ValueError(f"{where} holds non-integer values; labels must be integers")
     elif not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise ValueError(f"{where} has dtype {y.dtype}; labels must be integers")
+    if y.size and (y.min() < -1 or y.max() >= MAX_CLASSES):
+        raise ValueError(f"{where} holds labels from {y.min()} to {y.max()}; expected class indices 0..K-1 with K "
+                         f"at most {MAX_CLASSES:,} (-1 marks an unlabelled image)")
     return torch.from_numpy(np.ascontiguousarray(y.astype(np.int64)))
 
 
-def _held_out(n: int, seed: int) -> tuple[Tensor, Tensor]:
+def _held_out(n: int, seed: int, source: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """A seeded random train/test split of ``range(n)`` holding out ``TEST_FRACTION`` (at least
     one image, and at least one left to train on), each part sorted."""
     if n < 2:
-        raise ValueError(f"need at least 2 images to hold out a test split, got {n}")
+        raise ValueError(f"{source}: need at least 2 images to hold out a test split, got {n}")
     return split_indices(n, seed, min(n - 1, max(1, round(n * TEST_FRACTION))))
 
 
@@ -191,7 +201,7 @@ def build_npz(cfg: DataConfig) -> DataSplits:
             )
     elif "x" in arrays:
         x, y = _npz_split(arrays, "x", "y", path)
-        tr, te = _held_out(x.shape[0], cfg.seed)
+        tr, te = _held_out(x.shape[0], cfg.seed, path)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
     else:
         raise ValueError(f"{path}: expected arrays 'x_train' and 'x_test', or 'x' (arrays found: {found})")
@@ -296,7 +306,8 @@ def build_folder(cfg: DataConfig) -> DataSplits:
 
     All images must have the same size and mode; grayscale stays 1 channel, colour is RGB.
     """
-    x, y, class_names, _ = read_image_folder(_user_path(cfg))
-    tr, te = _held_out(x.shape[0], cfg.seed)
+    folder = _user_path(cfg)
+    x, y, class_names, _ = read_image_folder(folder)
+    tr, te = _held_out(x.shape[0], cfg.seed, folder)
     train, test = TensorImageDataset(x[tr], y[tr]), TensorImageDataset(x[te], y[te])
     return DataSplits(train=train, test=test, info=_info("folder", train.shape, [y], class_names))
