@@ -119,8 +119,6 @@ def masked_tokens_evaluation(model: MaskedTokens, split: Split, cfg: TrainerConf
         return {"token_nll": masked_nll(model.eval(), split.get_batch(idx)).mean().item()}
 
 
-@register_model("masked_tokens", MaskedTokensConfig, family="test sequences", evaluation=masked_tokens_evaluation,
-                figures=None, fit_to_data=lambda cfg, info: dataclasses.replace(cfg, vocab=info.num_classes))
 class MaskedTokens(Model):
     """A bag-of-tokens sequence autoencoder: masked mean of embeddings -> code -> per-position logits."""
 
@@ -155,14 +153,12 @@ class MaskedTokens(Model):
         return torch.distributions.Categorical(logits=logits).sample()
 
 
-@DATASETS.register("test_tokens")
 def build_test_tokens(cfg: DataConfig) -> DataSplits:
     """Test-only token sequences (variable length, padded, with masks)."""
     return DataSplits(token_sequences(96, cfg.seed), token_sequences(32, cfg.seed + 1),
                       DatasetInfo("test_tokens", (MAX_LEN,), num_classes=VOCAB))
 
 
-@METRICS.register("test_token_nll")
 def token_nll_metric(model: MaskedTokens, splits: DataSplits, **options) -> dict[str, float]:
     """Mean per-token NLL of the test split (a metric registered by the test)."""
     return masked_tokens_evaluation(model, splits.test, TrainerConfig())
@@ -225,8 +221,6 @@ class FramesConfig:
     latent_dim: int = 4
 
 
-@register_model("test_frames", FramesConfig, family="test sequences", evaluation=None, figures=None,
-                fit_to_data=None)
 class Frames(Model):
     """A per-frame linear autoencoder of ``[B, T, C, H, W]`` batches."""
 
@@ -263,8 +257,6 @@ class ToyGANConfig:
     hidden: int = 16
 
 
-@register_model("toy_gan", ToyGANConfig, family="test adversarial", evaluation=None, figures=None,
-                fit_to_data=None)
 class ToyGAN(Model):
     """A 2-D GAN: generator and discriminator updated in turn, each by its own Adam."""
 
@@ -308,9 +300,34 @@ class ToyGAN(Model):
         return {"loss": d_loss.item() + g_loss.item(), "d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
 
-GAN_RUN = RunConfig(model="toy_gan", data=DataConfig(name="pinwheel", train_subset=400, test_subset=100),
-                    trainer=TrainerConfig(epochs=2, batch_size=50, lr=2e-3, checkpoint_every=5, progress=False,
-                                          images=False))
+def register_families() -> None:
+    """Register this file's families, data set and metric (a fixture does it for the tests here and
+    takes them away after, so no other test file sees them; the SIGKILL subprocess calls it)."""
+    register_model("masked_tokens", MaskedTokensConfig, family="test sequences", evaluation=masked_tokens_evaluation,
+                   figures=None, fit_to_data=lambda cfg, info: dataclasses.replace(cfg, vocab=info.num_classes)
+                   )(MaskedTokens)
+    register_model("test_frames", FramesConfig, family="test sequences", evaluation=None, figures=None,
+                   fit_to_data=None)(Frames)
+    register_model("toy_gan", ToyGANConfig, family="test adversarial", evaluation=None, figures=None,
+                   fit_to_data=None)(ToyGAN)
+    DATASETS.register("test_tokens")(build_test_tokens)
+    METRICS.register("test_token_nll")(token_nll_metric)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def families():
+    register_families()
+    yield
+    for name in ("masked_tokens", "test_frames", "toy_gan"):
+        MODELS.unregister(name)
+    DATASETS.unregister("test_tokens")
+    METRICS.unregister("test_token_nll")
+
+
+def gan_run() -> RunConfig:
+    return RunConfig(model="toy_gan", data=DataConfig(name="pinwheel", train_subset=400, test_subset=100),
+                     trainer=TrainerConfig(epochs=2, batch_size=50, lr=2e-3, checkpoint_every=5, progress=False,
+                                           images=False))
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
@@ -319,6 +336,7 @@ KILLED_RUN = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import test_protocol as t
     from aelab.runs import train_run
+    t.register_families()
 
     def die_at_step_12(trainer):
         step = trainer._train_step
@@ -328,12 +346,12 @@ KILLED_RUN = textwrap.dedent("""
             return step(batch)
         trainer._train_step = step_or_die
 
-    train_run(t.GAN_RUN, {run!r}, on_start=die_at_step_12)
+    train_run(t.gan_run(), {run!r}, on_start=die_at_step_12)
 """)
 
 
 def test_two_optimizers_and_an_own_step_resume_bit_identically_after_sigkill(tmp_path):
-    straight, _ = train_run(GAN_RUN, tmp_path / "straight")
+    straight, _ = train_run(gan_run(), tmp_path / "straight")
     assert set(straight.optimizers) == {"generator", "discriminator"}
     assert straight.step == 16
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN.format(tests=str(HERE), run=str(tmp_path / "killed"))],
@@ -341,7 +359,7 @@ def test_two_optimizers_and_an_own_step_resume_bit_identically_after_sigkill(tmp
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     records = [json.loads(ln) for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) < 16  # it really died mid-run
-    resumed, _ = train_run(GAN_RUN, tmp_path / "killed", resume=True)
+    resumed, _ = train_run(gan_run(), tmp_path / "killed", resume=True)
     assert resumed.step == 16
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
