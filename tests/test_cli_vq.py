@@ -126,7 +126,7 @@ def test_vqvae2_train_prior_sample_eval(tmp_path, env, shared_data):
 
     proc = aelab(env, "sample", str(run), "--n", "8")
     assert "from the vqvae2_prior code prior at temperature 1" in proc.stdout
-    assert (run / "images" / "samples.png").stat().st_size > 0
+    assert (run / "figures" / "samples.png").stat().st_size > 0
 
     res = json.loads(aelab(env, "eval", str(run), "--json", "--metrics", "frechet,code_likelihood",
                            "--samples", "100", *CLASSIFIER).stdout)["metrics"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     classifier = apply_overrides(ClassifierConfig(), args.classifier) if args.classifier else None
     limit = None if args.limit == 0 else args.limit
     results: dict[str, float] = {}
-    for name in names:
+    if args.k < 1 or args.limit < 0 or args.samples < 2:
+        raise ValueError(f"--k must be >= 1, --limit >= 0 and --samples >= 2, got {args.k}, {args.limit}, "
+                         f"{args.samples}")
+    for i, name in enumerate(names):
+        if sys.stderr.isatty():  # progress: the IWAE with k=1000 and frechet take a while (the table goes to stdout)
+            print(f"aelab: [{i + 1}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         options = metric_options(name, batch_size=cfg.trainer.eval_batch_size, k=args.k, limit=limit,
                                  samples=args.samples, classifier_config=classifier, cache_dir=args.classifier_dir)
         results |= run_metric(name, model, metric_splits(cfg, data, name), **options)
@@ -72,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if "frechet_distance" in results:
         print(f"  (frechet_* and classifier_score*: {args.samples} samples vs real test images in the features of "
               f"aelab's own {cfg.data.name} classifier; NOT Inception-FID, comparable only on this data set at this n)")
+        n_real = min(args.samples, len(metric_splits(cfg, data, "frechet").test))
+        if n_real < 1000:
+            print(f"  (warning: a Frechet distance from {n_real} real images is strongly biased upward and noisy; "
+                  "compare numbers only at the same n, and prefer n >= 1000)")
     if "mutual_info_max" in results:
         print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
     if per_dim:
@@ -79,10 +89,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_parser(command) -> None:
     e = command("eval", help="test metrics of a trained run")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run directory (from aelab train)")
     e.add_argument("--metrics", help=f"comma-separated metric names, of {', '.join(METRICS)} (default: "
                    "reconstruction, linear_probe, and "
                    "likelihood, latent_diagnostics for models with a prior; for vqvae / vqvae2: reconstruction, "
@@ -96,8 +105,8 @@ def add_parser(command) -> None:
     e.add_argument("--classifier", action="append", default=[], metavar="KEY=VALUE",
                    help="frechet: the feature classifier's config, e.g. epochs=2, train_limit=5000 (part of its "
                    "cache key)")
-    e.add_argument("--classifier-dir", help="frechet: classifier cache (default: $AELAB_CLASSIFIER_DIR, else beside "
-                   "the data)")
+    e.add_argument("--classifier-dir", help="frechet: classifier cache (default: $AELAB_CLASSIFIER_DIR, else "
+                   "~/.cache/aelab/classifiers)")
     e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=run)
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(command) -> None:
     f = command("figures", help="write all figures of a run (traversals, KL, manifold, curves; VQ runs: "
                        "reconstructions, samples)")
-    f.add_argument("run_dir")
+    f.add_argument("run_dir", help="a run directory (from aelab train)")
     f.add_argument("--out", help="directory (default: RUN_DIR/figures)")
     f.set_defaults(fn=run)
 

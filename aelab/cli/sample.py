@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
             return model.sample(args.n)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "images" / "samples.png"
+    out = Path(args.out) if args.out else Path(args.run_dir) / "figures" / "samples.png"
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(args.seed)
@@ -47,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(command) -> None:
     s = command("sample", help="write a PNG grid of decoded prior samples (vqvae / vqvae2: of the code prior)")
-    s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("run_dir", help="a run directory (from aelab train)")
+    s.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
     s.add_argument("--nrow", type=int, default=8, help="images per row")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
     s.add_argument("--temperature", type=float, default=None,
                    help="vqvae / vqvae2: softmax temperature of the code prior (default 1; below 1 sharper, 0 greedy)")
-    s.add_argument("--out", help="PNG path (default: RUN_DIR/images/samples.png)")
+    s.add_argument("--out", help="PNG path (default: RUN_DIR/figures/samples.png)")
     s.set_defaults(fn=run)
 

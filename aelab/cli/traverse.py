@@ -44,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(command) -> None:
     v = command("traverse", help="write latent traversals of one test image")
-    v.add_argument("run_dir")
+    v.add_argument("run_dir", help="a run directory (from aelab train)")
     v.add_argument("--index", type=int, default=0, help="test image index")
     v.add_argument("--dims", help="comma-separated dimensions (default: the --n-dims with the largest KL)")
-    v.add_argument("--n-dims", type=int, default=8)
-    v.add_argument("--steps", type=int, default=11)
+    v.add_argument("--n-dims", type=int, default=8, help="rows: this many dimensions (default 8)")
+    v.add_argument("--steps", type=int, default=11, help="columns: values per dimension (default 11)")
     v.add_argument("--span", type=float, default=3.0, help="sweep the prior's quantiles at +-span std devs")
     v.add_argument("--out", help="PNG path (default: RUN_DIR/figures/traversal_INDEX.png)")
     v.set_defaults(fn=run)
