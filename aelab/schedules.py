@@ -48,18 +48,24 @@ class constant:  # noqa: N801 - reads like a function in specs
 
 
 @dataclass(frozen=True)
-class linear:  # noqa: N801
+class _Ramp:
+    """``start`` to ``end`` over ``steps`` steps after ``delay`` (the shape is the subclass's)."""
+
     start: float
     end: float
     steps: float
     delay: float = 0
 
     def __post_init__(self) -> None:
-        _finite("linear", self.start, self.end, self.steps, self.delay)
+        name = type(self).__name__
+        _finite(name, self.start, self.end, self.steps, self.delay)
         if self.steps < 0 or self.delay < 0:
-            raise ValueError(f"linear(start, end, steps, delay): steps and delay must be >= 0, "
+            raise ValueError(f"{name}(start, end, steps, delay): steps and delay must be >= 0, "
                              f"got steps={self.steps:g}, delay={self.delay:g}")
 
+
+@dataclass(frozen=True)
+class linear(_Ramp):  # noqa: N801
     def __call__(self, step: int | None) -> float:
         if step is None:
             return float(self.end)
@@ -67,18 +73,7 @@ class linear:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class cosine:  # noqa: N801
-    start: float
-    end: float
-    steps: float
-    delay: float = 0
-
-    def __post_init__(self) -> None:
-        _finite("cosine", self.start, self.end, self.steps, self.delay)
-        if self.steps < 0 or self.delay < 0:
-            raise ValueError(f"cosine(start, end, steps, delay): steps and delay must be >= 0, "
-                             f"got steps={self.steps:g}, delay={self.delay:g}")
-
+class cosine(_Ramp):  # noqa: N801
     def __call__(self, step: int | None) -> float:
         if step is None:
             return float(self.end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,16 @@ def fit_until_interrupted(trainer, stop_at: int) -> None:
     trainer._train_step = dying_step
     with pytest.raises(InterruptedRunError):
         trainer.fit()
+
+
+def sigkill_at(trainer, step: int) -> None:
+    """Make ``trainer`` SIGKILL its own process just before optimizer step ``step`` (for resume
+    tests that run the dying training in a subprocess)."""
+    train_step = trainer._train_step
+
+    def step_or_die(batch):
+        if trainer.step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train_step(batch)
+
+    trainer._train_step = step_or_die

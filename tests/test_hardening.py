@@ -128,17 +128,13 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes_exactly(tmp_p
 
 def test_sigkill_of_a_holder_mid_run_leaves_a_resumable_directory(tmp_path):
     script = textwrap.dedent(f"""
-        import os, signal, sys, torch
+        import sys, torch
         torch.set_num_threads(1)
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         import test_hardening as t
+        from conftest import sigkill_at
         tr = t._trainer({str(tmp_path)!r})
-        step = tr._train_step
-        def die(batch):
-            if tr.step == 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return step(batch)
-        tr._train_step = die
+        sigkill_at(tr, 3)
         tr.fit()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

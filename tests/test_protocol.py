@@ -330,23 +330,15 @@ def gan_run() -> RunConfig:
                                            images=False))
 
 KILLED_RUN = textwrap.dedent("""
-    import os, signal, sys
+    import sys
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     import test_protocol as t
+    from conftest import sigkill_at
     from aelab.runs import train_run
     t.register_families()
-
-    def die_at_step_12(trainer):
-        step = trainer._train_step
-        def step_or_die(batch):
-            if trainer.step == 12:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return step(batch)
-        trainer._train_step = step_or_die
-
-    train_run(t.gan_run(), {run!r}, on_start=die_at_step_12)
+    train_run(t.gan_run(), {run!r}, on_start=lambda trainer: sigkill_at(trainer, 12))
 """)
 
 
