@@ -233,6 +233,25 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_run_directory(run_dir: str | Path, resume: bool, resume_hint: str) -> None:
+    """Refuse a run directory that cannot be started (fresh) or continued (``resume``).
+
+    A directory with both ``config.json`` and the trainer checkpoint holds a run (only resumable);
+    one with just one of them is the leftover of a process killed during its first save, when
+    nothing was trained yet: that is said, with what to do, instead of each command pointing to
+    the other.
+    """
+    run_dir = Path(run_dir)
+    has_state, has_config = (run_dir / STATE_NAME).is_file(), (run_dir / CONFIG_NAME).is_file()
+    if has_state != has_config:
+        have, missing = (STATE_NAME, CONFIG_NAME) if has_state else (CONFIG_NAME, STATE_NAME)
+        raise ConfigError(f"{run_dir} holds a run stopped during its first save ({have} but no {missing}): nothing "
+                          f"was trained yet; delete {run_dir} and start the run again")
+    if not resume and has_state:
+        raise ConfigError(f"{run_dir} already holds a run; continue it with `{resume_hint}` or choose another "
+                          "directory (nothing was overwritten)")
+
+
 def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     """The saved config of ``run_dir`` with ``overrides`` applied, if they only change what a resumed
     run may change (:data:`RESUMABLE_FIELDS`: its length, logging, evaluation and pictures).
@@ -240,6 +259,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     Raises:
         ConfigError: naming each other field changed, and how to start a new run from this one.
     """
+    check_run_directory(run_dir, True, "")
     saved = load_run_config(run_dir)
     new = saved.with_overrides(overrides)
     before, after = _flatten(saved.to_dict()), _flatten(new.to_dict())
@@ -393,6 +413,7 @@ def prior_run(run_dir: str | Path, name: str | None, overrides: list[str],
                           "vqvae or vqvae2 run")
     prior_dir = run_dir / PRIOR_DIR
     vq_hash = sha256_file(run_dir / WEIGHTS_NAME)
+    check_run_directory(prior_dir, resume, f"aelab train-prior {run_dir} --resume")
     if resume:
         if name:
             raise ConfigError("--resume continues the saved prior; leave out --name")
@@ -409,9 +430,6 @@ def prior_run(run_dir: str | Path, name: str | None, overrides: list[str],
                                   "overrides apply (e.g. trainer.epochs)")
         pcfg = pcfg.with_overrides(overrides, {"trainer": "trainer"})
     else:
-        if (prior_dir / STATE_NAME).exists() or (prior_dir / CONFIG_NAME).exists():
-            raise ConfigError(f"{prior_dir} already holds a code prior; continue it with `aelab train-prior {run_dir} "
-                              f"--resume` or delete that directory (nothing was overwritten)")
         pcfg = prior_run_config(model, name, overrides)
         pcfg.trainer = dataclasses.replace(pcfg.trainer, images=False)
         pcfg.parent = {"model": cfg.model, "data": cfg.data.name if cfg.data else None, "weights_sha256": vq_hash}

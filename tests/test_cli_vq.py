@@ -140,7 +140,7 @@ def test_train_prior_resume_is_exact(vq_run, tmp_path, env):
     aelab(env, "train-prior", str(full), *args, "--set", "trainer.epochs=2")
     aelab(env, "train-prior", str(split), *args, "--set", "trainer.epochs=1")
     again = aelab(env, "train-prior", str(split), *args, check=False)  # never overwrites a prior
-    assert again.returncode == 2 and "already holds a code prior" in again.stderr and "--resume" in again.stderr
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
     proc = aelab(env, "train-prior", str(split), "--resume", "--set", "trainer.epochs=2")
     assert "resuming the pixelcnn code prior" in proc.stdout and "epoch 2 step 12" in proc.stdout
     a, b = load_file(str(full / "prior" / "model.safetensors")), load_file(str(split / "prior" / "model.safetensors"))

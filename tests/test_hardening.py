@@ -241,3 +241,11 @@ def test_a_read_only_run_directory_is_an_error_naming_it(cli_run, capsys):
         cli_run.chmod(0o700)
     assert code == 2 and "Traceback" not in err
     _one_line_error(err)
+
+
+def test_a_run_killed_in_its_first_save_is_explained_not_bounced(cli_run, capsys):
+    (cli_run / "config.json").unlink()  # as if killed between the checkpoint and config.json
+    for argv in (["train", "vae", *SMALL, "--out", str(cli_run)], ["train", "--resume", str(cli_run)]):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2
+        _one_line_error(err, "stopped during its first save", "nothing was trained yet", f"delete {cli_run}")

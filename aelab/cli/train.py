@@ -8,7 +8,7 @@ from typing import Any
 
 from aelab.config import ConfigError
 from aelab.registry import DATASETS, MODELS
-from aelab.runs import RunConfig, load_run_config, new_run_dir, resume_config, train_run
+from aelab.runs import RunConfig, check_run_directory, load_run_config, new_run_dir, resume_config, train_run
 
 #: the code priors are trained on a run's codes by ``aelab train-prior``
 CODE_PRIOR_FAMILY = "code prior"
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(args.set)
         run_dir = Path(args.out) if args.out else new_run_dir(cfg)
         args.run_dir = run_dir
-        if (run_dir / "trainer_state.safetensors").exists() or (run_dir / "config.json").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
-                              "or choose another --out (nothing was overwritten)")
+        check_run_directory(run_dir, False, f"aelab train --resume {run_dir}")
 
     def started(trainer) -> None:
         data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
