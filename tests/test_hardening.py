@@ -249,3 +249,55 @@ def test_a_run_killed_in_its_first_save_is_explained_not_bounced(cli_run, capsys
         code, _, err = _cli(capsys, *argv)
         assert code == 2
         _one_line_error(err, "stopped during its first save", "nothing was trained yet", f"delete {cli_run}")
+
+
+def test_ctrl_c_names_the_run_to_resume(tmp_path, shared_data, capsys, monkeypatch):
+    import aelab.cli.train as train_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "train_run", interrupted)
+    code, _, err = _cli(capsys, "train", "vae", *SMALL, "--out", str(tmp_path / "r"))
+    assert code == 130 and f"aelab train --resume {tmp_path / 'r'}" in err and "RUN_DIR" not in err
+
+
+def test_divergence_and_a_config_of_42_are_one_line_at_the_command_line(tmp_path, shared_data, capsys):
+    code, _, err = _cli(capsys, "train", "vae", *SMALL, "--set", "trainer.divergence=1", "--out", str(tmp_path / "d"))
+    assert code == 2
+    _one_line_error(err, "loss exceeded trainer.divergence=1", "at step 0")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("42")
+    (bad / "trainer_state.safetensors").write_bytes(b"")
+    for argv in (["eval", str(bad)], ["train", "--resume", str(bad)]):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2
+        _one_line_error(err, "config.json")
+
+
+def test_eval_is_reproducible_and_refuses_changed_data(cli_run, tmp_path, capsys):
+    outs = []
+    for _ in range(2):
+        code, out, err = _cli(capsys, "eval", str(cli_run), "--metrics", "reconstruction", "--json")
+        assert code == 0, err
+        outs.append(json.loads(out)["metrics"])
+    assert outs[0] == outs[1]  # a VAE's objective samples z: on a seeded stream
+    # a user's file that changed image size since training
+    import numpy as np
+
+    f = tmp_path / "mine.npz"
+    np.savez(f, x=np.zeros((20, 8, 8), np.uint8))
+    run = tmp_path / "npzrun"
+    code, _, err = _cli(capsys, "train", "ae", "--data", "npz", "--set", f"data.path={f}", "--set",
+                        "trainer.epochs=1", "--set", "trainer.progress=false", "--set", "model.backbone.hidden=8",
+                        "--set", "model.latent_dim=2", "--out", str(run))
+    assert code == 0, err
+    from PIL import Image
+
+    with Image.open(run / "images" / "reconstructions_epoch001.png") as img:
+        assert img.size[0] >= 8 * 7 * 8  # 8 x 8 images are enlarged (7x), not a 2x thumbnail
+    np.savez(f, x=np.zeros((20, 10, 10), np.uint8))
+    code, _, err = _cli(capsys, "eval", str(run))
+    assert code == 2
+    _one_line_error(err, str(f), "(1, 10, 10)", "changed since training")

@@ -19,6 +19,7 @@ from aelab.cli import eval as eval_command
 from aelab.cli import figures, listing, reconstruct, sample, train, train_prior, traverse
 from aelab.compat import MissingDependencyError
 from aelab.config import ConfigError
+from aelab.data.download import DownloadError
 from aelab.io import RunLockedError
 from aelab.registry import UnknownNameError
 from aelab.training.trainer import NonFiniteLossError
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: the failures a user can cause and mend (bad settings or files, data, divergence, the OS):
 #: one line each; anything else is a bug and keeps its traceback
 EXPECTED = (ConfigError, UnknownNameError, ValueError, OSError, NonFiniteLossError, RunLockedError,
-            MissingDependencyError)
+            MissingDependencyError, DownloadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

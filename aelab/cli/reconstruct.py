@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     idx = torch.randperm(len(split), generator=g)[: args.n]
     x = split.get_batch(idx).x
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures" / "reconstructions.png"
-    save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out, nrow=8, scale=2)
+    save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out, nrow=8)
     print(f"wrote {out} ({len(idx)} {args.split} images: odd rows input, even rows reconstruction)")
     return 0
 

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         images = draw()
         seconds = time.perf_counter() - start
-    save_image_grid(images, out, nrow=args.nrow, scale=2)
+    save_image_grid(images, out, nrow=args.nrow)
     print(f"wrote {out} ({args.n} samples {what}, decoded to mean images; {args.n / max(seconds, 1e-9):.1f} images/s)")
     return 0
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -139,6 +140,18 @@ def download_file(
     check = _expected(md5, sha256)
     if dest.exists() and check is not None and file_digest(dest, check[0]) == check[1]:
         return dest
+    # the folders this call creates are removed again if nothing arrives (no empty data folder left)
+    new_dirs = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+    try:
+        return _download(urls, dest, check, timeout)
+    except BaseException:
+        for d in new_dirs:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _download(urls: tuple[str, ...], dest: Path, check: tuple[str, str] | None, timeout: float) -> Path:
     failures: list[tuple[str, Exception]] = []
     for u in urls:
         if not u.lower().startswith(("http://", "https://")):

@@ -418,7 +418,7 @@ def write_run_figures(model: nn.Module, test: ImageDataset, out_dir: str | Path,
                                   title=f"Latent traversals{example}: {what}{cap}", kl=per_dim))
     if samples:
         with evaluation(model, seed):
-            written.append(save_image_grid(model.sample(64), out / f"samples{suffix}.png", nrow=8, scale=2))
+            written.append(save_image_grid(model.sample(64), out / f"samples{suffix}.png", nrow=8))
     if kl_chart and per_dim is not None:
         active = stats.codes.double().var(0) > 0.01
         written.append(plot_kl_per_dimension(per_dim, out / f"kl_per_dim{suffix}.png",
@@ -460,10 +460,10 @@ def epoch_images(model: Model, test: ImageDataset, out_dir: str | Path, epoch: i
     with eval_mode(model):
         if caps.reconstruct:
             grid = reconstruction_grid(x, model.reconstruct(x))
-            save_image_grid(grid, out / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
+            save_image_grid(grid, out / f"reconstructions_epoch{epoch + 1:03d}.png", nrow=8)
         if caps.sample:
             torch.manual_seed(0)
-            save_image_grid(model.sample(64), out / f"samples_epoch{epoch + 1:03d}.png", nrow=8, scale=2)
+            save_image_grid(model.sample(64), out / f"samples_epoch{epoch + 1:03d}.png", nrow=8)
         if caps.latent_prior:  # traversals etc. draw from their own seeded RNG
             write_run_figures(model, test, out, class_names=class_names, suffix=f"_epoch{epoch + 1:03d}",
                               caption=f"epoch {epoch + 1}", samples=False, kl_chart=False)

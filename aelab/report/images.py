@@ -33,9 +33,23 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, pad_v
     return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def auto_scale(height: int, width: int) -> int:
+    """The enlargement that shows an image at about 56 pixels on its longer side (28 x 28: 2x,
+    8 x 8: 7x, 64 x 64 and larger: 1x), at most 8x.
+
+    Example:
+        >>> auto_scale(28, 28), auto_scale(8, 8), auto_scale(64, 64), auto_scale(1, 2)
+        (2, 7, 1, 8)
+    """
+    return max(1, min(8, round(56 / max(height, width))))
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None,
-                    scale: int = 1) -> Path:
-    """Write a grid of images to ``path`` as PNG (atomically); ``scale`` enlarges small images."""
+                    scale: int | None = None) -> Path:
+    """Write a grid of images to ``path`` as PNG (atomically); ``scale`` enlarges small images
+    (``None``: :func:`auto_scale` of the image size)."""
+    if scale is None:
+        scale = auto_scale(images.shape[-2], images.shape[-1])
     arr = make_grid(images, nrow=nrow)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if scale > 1:

@@ -48,10 +48,10 @@ def _write_code_figures(run_dir: str | Path, model: Model, data: DataSplits, out
     idx = torch.linspace(0, len(data.test) - 1, min(32, len(data.test))).long()  # a spread of test images
     x = data.test.get_batch(idx).x
     written = [save_image_grid(reconstruction_grid(x, model.reconstruct(x)), out_dir / "reconstructions.png",
-                               nrow=8, scale=2)]
+                               nrow=8)]
     if model.capabilities.sample:
         with evaluation(model, 0):
-            written.append(save_image_grid(model.sample(64), out_dir / "samples.png", nrow=8, scale=2))
+            written.append(save_image_grid(model.sample(64), out_dir / "samples.png", nrow=8))
     else:
         notes.append(f"no samples: the run has no code prior yet (`aelab train-prior {run_dir}`)")
     if metrics.is_file():
