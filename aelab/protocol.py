@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,10 +101,6 @@ class Capabilities:
     sample: bool = False
     images: bool = False
     own_step: bool = False
-
-    def names(self) -> list[str]:
-        """The capabilities that are on, e.g. ``['reconstruct', 'sample']``."""
-        return [k for k, v in vars(self).items() if v]
 
 
 @dataclass
@@ -331,9 +327,3 @@ def require(model: nn.Module, *capabilities: str, what: str) -> None:
         if not getattr(caps, c):
             name = model.name if isinstance(model, Model) else type(model).__name__
             raise ValueError(f"model {name!r} has no {_NEEDS[c]} (needed for {what})")
-
-
-@contextlib.contextmanager
-def no_context() -> Iterator[None]:
-    """A context manager that does nothing (the default autocast of :class:`StepContext`)."""
-    yield
