@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import fit_until_interrupted, tiny_overrides
+from conftest import DATA_DIR, fit_until_interrupted, tiny_overrides
 
 from aelab.cli import main
 from aelab.data.base import TensorImageDataset
@@ -157,12 +160,24 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One small VAE run through ``aelab train``, trained once for this module."""
+    if not (DATA_DIR / "fashion-mnist.npz").is_file():
+        pytest.skip(f"real data not found in {DATA_DIR}")
+    run = tmp_path_factory.mktemp("trained") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--threads", "1", "train", "vae", *SMALL, "--out", str(run)]) == 0
+    assert "training vae on fashion-mnist" in out.getvalue() and "for 2 steps" in out.getvalue()
+    return run
+
+
 @pytest.fixture
-def cli_run(tmp_path, shared_data, capsys):
-    run = tmp_path / "run"
-    code, out, err = _cli(capsys, "train", "vae", *SMALL, "--out", str(run))
-    assert code == 0, err
-    assert "for 2 steps" in out
+def cli_run(trained_run, tmp_path, shared_data, capsys):
+    """A fresh copy of the trained run for a test to damage or extend."""
+    capsys.readouterr()
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(LOCK_NAME))
     return run
 
 
