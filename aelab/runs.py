@@ -17,6 +17,7 @@ from aelab.config import ConfigError, apply_overrides, from_dict, load_json, to_
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, Split, load_data
 from aelab.data.batches import eval_batches
 from aelab.data.codes import CodeDataset
+from aelab.data.text import Vocab
 from aelab.io import RunLock, sha256_file
 from aelab.nn.modes import eval_mode
 from aelab.protocol import (
@@ -311,12 +312,44 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir, on_epoch_end=on_epoch_end,
                       run_config=run_config)
     trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
+    trainer.data_info = data.info  # what loading the data changed, for on_start to tell
     with RunLock(run_dir):
+        check_vocabulary(run_dir, data.info.vocab, save=not resume)
         if resume:
             trainer.resume()  # here, so on_start can say where the run continues from
         if on_start is not None:
             on_start(trainer)
         return trainer, trainer.fit(resume=resume)
+
+
+VOCAB_NAME = "vocab.json"
+
+
+def check_vocabulary(run_dir: str | Path, vocab: Vocab | None, save: bool) -> None:
+    """A text run's vocabulary: written to ``RUN_DIR/vocab.json`` when the run starts (``save``),
+    and afterwards the one the data must still give (resume, eval, sampling).
+
+    Raises:
+        ConfigError: the data (or ``data.min_count`` / ``data.max_vocab``) now give another
+            vocabulary than the run was trained with; the first difference is named.
+    """
+    if vocab is None:
+        return
+    path = Path(run_dir) / VOCAB_NAME
+    if save:
+        vocab.save(path)
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a text run keeps the vocabulary it was trained with there")
+    saved = Vocab.load(path)
+    if saved.tokens != vocab.tokens:
+        i = next((i for i, (a, b) in enumerate(zip(saved.tokens, vocab.tokens)) if a != b),
+                 min(len(saved), len(vocab)))
+        first = (f"id {i}: {saved.tokens[i] if i < len(saved) else '(none)'!r} in the run, "
+                 f"{vocab.tokens[i] if i < len(vocab) else '(none)'!r} now")
+        raise ConfigError(f"{path}: the data now give another vocabulary than the run was trained with "
+                          f"({len(saved)} vs {len(vocab)} tokens; first difference at {first}): the text files or "
+                          "data.min_count / data.max_vocab changed")
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Model]:
@@ -331,6 +364,7 @@ def load_run_with_data(run_dir: str | Path) -> tuple[RunConfig, Model, DataSplit
     data the model was trained for (a file replaced by one of other image sizes is named)."""
     cfg, model = load_run(run_dir)
     data = load_data(cfg.data)
+    check_vocabulary(run_dir, data.info.vocab, save=False)
     fitted = fit_config_to_data(cfg, data.info)
     if fitted.model_config != cfg.model_config:
         source = cfg.data.path or cfg.data.name

@@ -59,8 +59,11 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vae_vs_pythae as bench  # noqa: E402
 
-from aelab.data.base import DataConfig, load_data  # noqa: E402
-from aelab.data.batches import epoch_order  # noqa: E402
+from aelab.data.base import (  # noqa: E402
+    DataConfig,
+    epoch_order,  # noqa: E402
+    load_data,
+)
 from aelab.io import atomic_write_text  # noqa: E402
 from aelab.models import Autoencoder  # noqa: E402
 from aelab.nn.linear import Linear  # noqa: E402

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         check_run_directory(run_dir, False, f"aelab train --resume {run_dir}")
 
     def started(trainer) -> None:
+        for note in trainer.data_info.notes if trainer.data_info is not None else ():
+            print(f"note: {note}", flush=True)
         data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
         what = f" images of shape {shape}" if shape is not None else " examples"
         source = f"{cfg.data.name} ({cfg.data.path})" if cfg.data.path else cfg.data.name

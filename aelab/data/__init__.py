@@ -15,7 +15,7 @@ Example:
 """
 
 from aelab.batch import Batch
-from aelab.data import download, dsprites, images, local, pinwheel  # noqa: F401  (importing registers the data sets)
+from aelab.data import download, dsprites, images, local, pinwheel, text  # noqa: F401  (registers the data sets)
 from aelab.data.base import (
     DataConfig,
     DatasetInfo,

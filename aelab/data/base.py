@@ -22,6 +22,7 @@ import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,14 +41,28 @@ __all__ = [
     "Subset",
     "TensorImageDataset",
     "default_root",
+    "epoch_order",
     "load_data",
     "random_subset",
     "random_subset_indices",
 ]
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled order of ``n`` examples in epoch ``epoch`` of a run seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
 class Split(abc.ABC):
     """One split of a data set, served a :class:`~aelab.batch.Batch` at a time."""
+
+    def order(self, seed: int, epoch: int, batch_size: int) -> Tensor:
+        """The order in which training visits the examples in ``epoch``: consecutive runs of
+        ``batch_size`` form the batches. A pure function of ``(seed, epoch)`` so a resumed run
+        replays it; the default is a uniform shuffle (:func:`epoch_order`), and a split may group
+        examples, e.g. token sequences by length so batches carry little padding."""
+        return epoch_order(len(self), seed, epoch)
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
@@ -175,6 +190,8 @@ class DatasetInfo:
         class_names: One name per class, where known.
         factor_names: For factor data sets (dSprites), the name of each column of ``y``.
         factor_sizes: The number of values of each factor.
+        vocab: For text, the :class:`aelab.data.text.Vocab` built from the training split.
+        notes: What loading changed or left out (e.g. sentences truncated), to tell the user.
     """
 
     name: str
@@ -183,14 +200,16 @@ class DatasetInfo:
     class_names: tuple[str, ...] | None = None
     factor_names: tuple[str, ...] | None = None
     factor_sizes: tuple[int, ...] | None = None
+    vocab: Any = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
 class DataSplits:
     """The train and test splits of one data set, with its :class:`DatasetInfo`."""
 
-    train: ImageDataset
-    test: ImageDataset
+    train: Split
+    test: Split
     info: DatasetInfo
 
 
@@ -202,6 +221,12 @@ class DataConfig:
         name: A registered data set (``aelab.registry.DATASETS``).
         root: Data directory. ``None`` means ``$AELAB_DATA_DIR``, else ``~/.cache/aelab/data``.
         path: The user's file or folder, for ``npz`` and ``folder``.
+        train: The user's training file, for ``text`` (one sentence a line).
+        test: The user's test file, for ``text``.
+        max_len: Text: the most tokens a sentence may have (without ``<eos>``).
+        overlong: Text: ``truncate`` or ``drop`` longer sentences (each counted and reported).
+        min_count: Text: words seen fewer times in the training split become ``<unk>``.
+        max_vocab: Text: keep at most this many words (the most frequent), specials included.
         download: Allow fetching the canonical files of ``mnist`` / ``fashion-mnist``.
         train_subset: Size of a random (seeded) subset of the train split; ``None`` keeps all.
         test_subset: Same for the test split.
@@ -211,12 +236,23 @@ class DataConfig:
     name: str = "dsprites"
     root: str | None = None
     path: str | None = None
+    train: str | None = None
+    test: str | None = None
+    max_len: int = 64
+    overlong: str = "truncate"
+    min_count: int = 1
+    max_vocab: int | None = None
     download: bool = False
     train_subset: int | None = None
     test_subset: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_len < 1 or self.min_count < 1 or (self.max_vocab is not None and self.max_vocab < 5):
+            raise ConfigError(f"data.max_len and data.min_count must be >= 1 and data.max_vocab >= 5 or None, got "
+                              f"{self.max_len}, {self.min_count}, {self.max_vocab}")
+        if self.overlong not in ("truncate", "drop"):
+            raise ConfigError(f"data.overlong: expected 'truncate' or 'drop', got {self.overlong!r}")
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None and value <= 0:

@@ -11,19 +11,14 @@ from aelab.batch import Batch
 from aelab.data.base import Split
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of ``n`` examples in epoch ``epoch`` of a run seeded with ``seed``."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
 def train_batches(data: Split, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
-    """Shuffled batches of epoch ``epoch``, skipping the first ``start`` (for resume)."""
-    order = epoch_order(len(data), seed, epoch)
+    """Shuffled batches of epoch ``epoch`` (the split's :meth:`~aelab.data.base.Split.order`),
+    skipping the first ``start`` (for resume)."""
+    order = data.order(seed, epoch, batch_size)
     for i in range(start, steps_per_epoch(len(data), batch_size)):
         yield data.get_batch(order[i * batch_size : (i + 1) * batch_size])
 

@@ -222,6 +222,8 @@ class Trainer:
     Attributes:
         class_names: names of the test classes for picture legends (``None``: ``class k``); the
             CLI sets them from the data set's info.
+        data_info: the data set's :class:`~aelab.data.base.DatasetInfo`, when the run was set up
+            from a data config (``aelab.runs.train_run``).
 
     Example:
         >>> from aelab.data.base import TensorImageDataset
@@ -235,6 +237,7 @@ class Trainer:
     """
 
     class_names: Sequence[str] | None = None
+    data_info: Any = None
 
     def __init__(self, model: Model, train: Split, test: Split | None,
                  cfg: TrainerConfig, run_dir: str | Path | None = None,
