@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 
-from aelab.batch import Batch
 from aelab.config import ConfigError, from_dict, load_json, save_json, to_dict
-from aelab.data.base import DataSplits, ImageDataset, random_subset
+from aelab.data.base import DataSplits, ImageDataset, Split, random_subset
 from aelab.data.batches import eval_batches
 from aelab.io import sha256_file
 from aelab.models.classifier import ClassifierConfig, FeatureClassifier, classifier_accuracy
@@ -140,7 +139,7 @@ def train_classifier(splits: DataSplits, config: ClassifierConfig | dict[str, An
         mean, std = _channel_stats(train, cfg.image_shape[0])
         net.input_mean.copy_(mean)
         net.input_std.copy_(std)
-        trainer = Trainer(net, _Labelled(train, net), test, trainer_cfg)
+        trainer = Trainer(net, _labelled(train, net), test, trainer_cfg)
         metrics = trainer.fit()
     net.eval()
     accuracy = metrics.get("accuracy")
@@ -151,20 +150,11 @@ def train_classifier(splits: DataSplits, config: ClassifierConfig | dict[str, An
     return net, summary
 
 
-class _Labelled:
-    """A split without its unlabelled examples (``label < 0``), so no training batch is empty of labels."""
-
-    def __init__(self, data: ImageDataset, net: FeatureClassifier) -> None:
-        ys = [net.labels(b.y) for b in eval_batches(data, 5000)]
-        self.data = data
-        self.index = torch.nonzero(torch.cat(ys) >= 0).flatten() if ys else torch.zeros(0, dtype=torch.long)
-        self.shape = getattr(data, "shape", None)
-
-    def __len__(self) -> int:
-        return int(self.index.numel())
-
-    def get_batch(self, idx: torch.Tensor) -> Batch:
-        return self.data.get_batch(self.index[torch.as_tensor(idx, dtype=torch.long)])
+def _labelled(data: Split, net: FeatureClassifier) -> Split:
+    """``data`` without its unlabelled examples (``label < 0``), so no training batch is empty of labels."""
+    ys = [net.labels(b.y) for b in eval_batches(data, 5000)]
+    index = torch.nonzero(torch.cat(ys) >= 0).flatten() if ys else torch.zeros(0, dtype=torch.long)
+    return data if len(index) == len(data) else data.subset(index)
 
 
 def classifier_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
