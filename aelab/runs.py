@@ -234,7 +234,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_run_directory(run_dir: str | Path, resume: bool, resume_hint: str) -> None:
+def check_run_directory(run_dir: str | Path, resume: bool, resume_hint: str = "") -> None:
     """Refuse a run directory that cannot be started (fresh) or continued (``resume``).
 
     A directory with both ``config.json`` and the trainer checkpoint holds a run (only resumable);
@@ -260,7 +260,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     Raises:
         ConfigError: naming each other field changed, and how to start a new run from this one.
     """
-    check_run_directory(run_dir, True, "")
+    check_run_directory(run_dir, resume=True)
     saved = load_run_config(run_dir)
     new = saved.with_overrides(overrides)
     before, after = _flatten(saved.to_dict()), _flatten(new.to_dict())

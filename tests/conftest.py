@@ -88,8 +88,7 @@ def train_steps(model, batch: torch.Tensor | Batch, steps: int, lr: float) -> tu
     return before, eval_loss()
 
 
-@pytest.fixture
-def shared_data() -> Path:
+def require_shared_data() -> Path:
     """The real data directory. Without it a test on real data is skipped with the reason (a
     checkout alone), except in CI (``CI`` set), where the data must be there: a failure."""
     if not (DATA_DIR / "fashion-mnist.npz").is_file():
@@ -99,6 +98,12 @@ def shared_data() -> Path:
             pytest.fail(why)
         pytest.skip(why)
     return DATA_DIR
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data directory (:func:`require_shared_data`)."""
+    return require_shared_data()
 
 
 @pytest.fixture

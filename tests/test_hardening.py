@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import DATA_DIR, fit_until_interrupted, tiny_overrides
+from conftest import fit_until_interrupted, require_shared_data, tiny_overrides
 
 from aelab.cli import main
 from aelab.data.base import TensorImageDataset
@@ -163,8 +163,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One small VAE run through ``aelab train``, trained once for this module."""
-    if not (DATA_DIR / "fashion-mnist.npz").is_file():
-        pytest.skip(f"real data not found in {DATA_DIR}")
+    require_shared_data()
     run = tmp_path_factory.mktemp("trained") / "run"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
