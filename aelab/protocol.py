@@ -92,6 +92,8 @@ class Capabilities:
         images: the inputs ``batch.x`` are images ``(B, C, H, W)`` in ``[0, 1]``.
         own_step: the model runs its own training step (``train_step``) over its
             ``optimizer_groups``.
+        text: the inputs ``batch.x`` are padded token ids ``(B, T)`` (``<pad>`` = 0, each
+            sentence ending in ``<eos>``; see :mod:`aelab.data.text`).
     """
 
     reconstruct: bool = False
@@ -101,6 +103,7 @@ class Capabilities:
     sample: bool = False
     images: bool = False
     own_step: bool = False
+    text: bool = False
 
 
 @dataclass
@@ -111,11 +114,15 @@ class StepContext:
         autocast: a context manager factory for the forward pass (the trainer's precision).
         grad_clip: the trainer's gradient-norm clip (``None``: none); :meth:`clip` applies it.
         check_finite: ``check_finite(what, value, terms)`` raises the trainer's non-finite error.
+        draw: ``draw(i)``: the ``i``-th extra training batch of this step (``i >= 1``), random
+            examples that are a pure function of the run's seed, the step and ``i`` (so a resumed
+            run draws the same ones); ``None`` outside the trainer.
     """
 
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_clip: float | None
     check_finite: Callable[[str, float, dict[str, torch.Tensor]], None]
+    draw: Callable[[int], Batch] | None = None
 
     def clip(self, params: Any) -> None:
         """Clip the gradient norm of ``params`` to ``grad_clip`` (if set), checking it is finite."""
@@ -309,6 +316,7 @@ _NEEDS = {
     "sample": "prior to sample from",
     "images": "image inputs",
     "own_step": "training step of its own",
+    "text": "token-sequence inputs",
 }
 
 

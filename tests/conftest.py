@@ -38,6 +38,9 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     if name == "vqvae2_prior":
         return {"top": code | {"grid_shape": (2, 2), "layers": 1, "blocks": 1, "heads": 2},
                 "bottom": code | {"layers": 2, "cond_channels": 4}}
+    if MODELS.get(name).family == "text":  # kind: the decoder (lstm or cnn)
+        cfg = {"vocab_size": 20, "max_len": 9, "embed_dim": 8, "hidden": 16, "decoder": kind, "cnn_preset": "small"}
+        return cfg if name == "text_lm" else cfg | {"latent_dim": 6, "bow_weight": 0.5, "bow_hidden": 8}
     if name == "feature_classifier":  # labels are batch.y (tiny_inputs: class 0 of 3)
         return {"image_shape": TINY_SHAPE, "num_classes": 3, "channels": (4,), "pool": 2, "feature_dim": 8}
     if name in ("vqvae", "vqvae2"):  # spatial code grids: no backbone kind (3 x 2 bottom grid, 1 x 1 top)
@@ -64,6 +67,12 @@ def tiny_inputs(name: str, n: int = 5) -> Batch:
             return Batch(torch.randint(0, 5, (n, *TINY_GRID), generator=g), torch.full((n,), -1),
                          cond=torch.randint(0, 5, (n, 2, 2), generator=g))
         return Batch(torch.randint(0, 5, (n, *TINY_GRID), generator=g), torch.full((n,), -1))
+    if MODELS.get(name).family == "text":  # sentences of 1-7 words (ids 4..19), <eos>, then <pad>
+        lengths = torch.randint(2, 9, (n,), generator=g)
+        x = torch.randint(4, 20, (n, int(lengths.max())), generator=g)
+        x[torch.arange(n), lengths - 1] = 3
+        x[torch.arange(x.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+        return Batch(x, lengths=lengths)
     return Batch(torch.rand(n, *TINY_SHAPE, generator=g), torch.zeros(n, dtype=torch.long))
 
 

@@ -24,12 +24,15 @@ MODELS = aelab.MODELS.names()
 def _kinds(name: str) -> tuple[str, ...]:
     """Backbone kinds to test: both for models with a ``backbone`` (vector codes), one for the rest."""
     fields = {f.name for f in dataclasses.fields(aelab.MODELS.get(name).config_cls)}
+    if "decoder" in fields:  # text families: both decoders
+        return ("lstm", "cnn")
     return ("mlp", "conv") if "backbone" in fields else ("own",)
 
 
 CASES = [(m, k) for m in MODELS for k in _kinds(m)]
 #: the image families (declared by their registry entries): their outputs have image shapes
 IMAGE_CASES = [(m, k) for m, k in CASES if aelab.MODELS.get(m).figures == "images"]
+TEXT_CASES = [(m, k) for m, k in CASES if aelab.MODELS.get(m).family == "text"]
 
 
 def _case(param: tuple[str, str]) -> tuple[Model, Batch]:
@@ -44,6 +47,11 @@ def case(request) -> tuple[Model, Batch]:
 
 @pytest.fixture(params=IMAGE_CASES, ids=lambda p: f"{p[0]}-{p[1]}")
 def image_case(request) -> tuple[Model, Batch]:
+    return _case(request.param)
+
+
+@pytest.fixture(params=TEXT_CASES, ids=lambda p: f"{p[0]}-{p[1]}")
+def text_case(request) -> tuple[Model, Batch]:
     return _case(request.param)
 
 
@@ -88,6 +96,22 @@ def test_image_models_shapes(image_case):
     assert out.qz_x.batch_shape == (5,)
     assert model.objective(out, model, 0).per_example.shape == (5,)
     assert caps.reconstruct and model.reconstruct(batch.x).shape == batch.x.shape
+
+
+def test_text_models_shapes(text_case):
+    """Sentences in, one value per sentence out; samples and reconstructions are token ids."""
+    model, batch = text_case
+    caps = model.capabilities
+    assert caps.text and not caps.images and caps.sample
+    drawn = model.sample(4, temperature=0)
+    assert drawn.shape[0] == 4 and drawn.shape[1] <= model.config.max_len and drawn.dtype == torch.long
+    assert int(drawn.max()) < model.config.vocab_size
+    if caps.latent:
+        out = model(batch.x, step=0)
+        assert out.z.shape == (5, *model.latent_shape) and out.qz_x.batch_shape == (5,)
+        assert out.px_z.log_prob(batch.x).shape == (5,)
+        rec = model.reconstruct(batch.x)
+        assert rec.shape[0] == 5 and rec.shape[1] <= batch.x.shape[1]
 
 
 def test_gradients_reach_every_parameter(case):
@@ -144,6 +168,9 @@ def test_sample_or_refuse(case):
             model.sample(4)
     elif model.capabilities.images:
         assert model.sample(4).shape == (4, *TINY_SHAPE)
+    elif model.capabilities.text:  # sentences of token ids, at most max_len long
+        drawn = model.sample(4)
+        assert drawn.shape[0] == 4 and drawn.shape[1] <= model.config.max_len
     else:  # code priors draw code grids (VQ-VAE-2's: top and bottom)
         drawn = model.sample(4)
         grids = drawn if isinstance(drawn, tuple) else (drawn,)

@@ -251,3 +251,43 @@ class AggregatePosteriorDivergence:
         else:
             value = (aggregate_log_density(out.qz_x, out.z) - out.pz.log_prob(out.z)).mean()
         return value.expand(b)
+
+
+class BagOfWordsNLL:
+    """The bag-of-words loss: ``-sum_t log softmax(f(z))[x_t]`` over a sentence's words.
+
+    ``f`` is an MLP from the latent to one logit per vocabulary entry, computed by the model into
+    ``out.aux["bow_logits"]`` ``(B, V)``; the term scores every word of the target sentence
+    ``out.x`` ``(B, T)`` under that one distribution, order ignored, each occurrence counted.
+    Because ``f`` sees nothing but ``z``, the only way to lower the loss is a ``z`` that carries
+    the sentence's content, whatever the autoregressive decoder does.
+
+    Args:
+        ignore: token ids that are not words (padding, end of sentence).
+
+    References:
+        Zhao, Zhao & Eskenazi, "Learning Discourse-level Diversity for Neural Dialog Models using
+        Conditional Variational Autoencoders", ACL 2017.
+    """
+
+    def __init__(self, ignore: tuple[int, ...] = ()) -> None:
+        self.ignore = tuple(ignore)
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        if "bow_logits" not in out.aux:
+            raise ValueError("the bag-of-words term needs out.aux['bow_logits'] (a text VAE with bow_weight > 0)")
+        log_p = torch.log_softmax(out.aux["bow_logits"].float(), -1)  # (B, V)
+        words = torch.ones_like(out.x, dtype=torch.bool)
+        for i in self.ignore:
+            words &= out.x.ne(i)
+        picked = log_p.gather(1, out.x)  # (B, T)
+        return -(picked * words).sum(1)
+
+
+def minibatch_mutual_information(qz_x: Distribution, z: Tensor) -> Tensor:
+    """``I_q(x; z)`` on one batch: ``mean_i [log q(z_i|x_i) - log (1/B) sum_j q(z_i|x_j)]``, a scalar.
+
+    The estimator He et al. (2019) track during training (at most ``log B``); the evaluation
+    metric :func:`aelab.metrics.latent.mutual_information` is the same estimate over a split.
+    """
+    return (qz_x.log_prob(z) - aggregate_log_density(qz_x, z)).mean()

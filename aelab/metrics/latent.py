@@ -210,14 +210,14 @@ class LatentStatistics:
         samples: one ``z ~ q(z|x)`` per example, per minibatch.
         codes: posterior means ``(N, D)``.
         kl: KL to the prior, ``(N, D)`` when factorised, else ``(N,)``.
-        labels: the split's labels ``(N,)`` or factors ``(N, K)``.
+        labels: the split's labels ``(N,)`` or factors ``(N, K)``; ``None`` for unlabelled data.
     """
 
     posteriors: list[Distribution]
     samples: list[Tensor]
     codes: Tensor
     kl: Tensor
-    labels: Tensor
+    labels: Tensor | None
 
 
 def collect_latent_statistics(model: nn.Module, data: ImageDataset, batch_size: int = 500,
@@ -239,7 +239,9 @@ def collect_latent_statistics(model: nn.Module, data: ImageDataset, batch_size: 
             codes.append(posterior_mean(qz_x))
             kls.append(kl_to_prior(qz_x, pz, kl_samples))
             labels.append(y)
-    return LatentStatistics(posteriors, samples, torch.cat(codes), torch.cat(kls), torch.cat(labels))
+    known = [y for y in labels if y is not None]
+    return LatentStatistics(posteriors, samples, torch.cat(codes), torch.cat(kls),
+                            torch.cat(known) if len(known) == len(labels) else None)
 
 
 def latent_diagnostics(model: nn.Module, data: ImageDataset, batch_size: int = 500, limit: int | None = None,

@@ -36,6 +36,7 @@ __all__ = [
     "bits_per_dim",
     "elbo",
     "is_discrete_8bit",
+    "iwae_and_elbo",
     "iwae_log_likelihood",
     "likelihood_metric",
     "log_importance_weights",
@@ -105,7 +106,7 @@ def elbo(model: nn.Module, x: Tensor, n_samples: int = 1) -> Tensor:
     return log_importance_weights(model, x, n_samples).mean(0)
 
 
-def _iwae_and_elbo(model: nn.Module, x: Tensor, k: int, chunk: int | None) -> tuple[Tensor, Tensor]:
+def iwae_and_elbo(model: nn.Module, x: Tensor, k: int, chunk: int | None) -> tuple[Tensor, Tensor]:
     """The K-sample IWAE bound and the K-sample ELBO estimate from the same weights, ``(B,)`` each."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -153,7 +154,7 @@ def iwae_log_likelihood(model: nn.Module, x: Tensor, k: int, chunk: int | None =
         >>> ll.shape
         torch.Size([3])
     """
-    return _iwae_and_elbo(model, x, k, chunk)[0]
+    return iwae_and_elbo(model, x, k, chunk)[0]
 
 
 def bits_per_dim(nll_nats: float | Tensor, num_dims: int) -> float | Tensor:
@@ -240,7 +241,7 @@ def likelihood_metric(model: nn.Module, data: ImageDataset, k: int = 100, limit:
         for batch in eval_batches(data, batch_size):
             x = batch.x
             x = x.to(device)
-            iwae, elbo_k = _iwae_and_elbo(model, x, k, chunk)
+            iwae, elbo_k = iwae_and_elbo(model, x, k, chunk)
             nll -= iwae.double().sum().item()
             neg_elbo -= elbo_k.double().sum().item()
             n += x.shape[0]

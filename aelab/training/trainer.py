@@ -265,7 +265,8 @@ class Trainer:
         if len(self.optimizers) > 1 and not self.own_step:
             raise ValueError(f"model {model.name!r} has {len(self.optimizers)} optimizer groups but no train_step "
                              "of its own (capabilities.own_step)")
-        self._context = StepContext(autocast=self._autocast, grad_clip=cfg.grad_clip, check_finite=self._check_finite)
+        self._context = StepContext(autocast=self._autocast, grad_clip=cfg.grad_clip, check_finite=self._check_finite,
+                                    draw=self._draw)
         self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -405,6 +406,14 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.cfg.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _draw(self, i: int) -> Batch:
+        """The ``i``-th extra batch of the current step (a model's own step asks for it): random
+        training examples, a pure function of ``(seed, step, i)``."""
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 1_009 + i)
+        n = len(self.train_data)
+        idx = torch.randperm(n, generator=g)[: min(self.cfg.batch_size, n)]
+        return self.train_data.get_batch(idx).to(self.device, non_blocking=True)
 
     def _check_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
         limit = self.cfg.divergence
