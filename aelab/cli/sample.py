@@ -15,9 +15,6 @@ from aelab.report.images import save_image_grid
 from aelab.report.text import decode_sentences
 from aelab.runs import attach_code_prior, load_run, load_vocabulary
 
-#: how an empty sentence (``<eos>`` first) is printed
-EMPTY = "<eos>"
-
 
 def run_text(args: argparse.Namespace, model: Model) -> int:
     """Print ``--n`` sentences decoded from prior draws (a language model's own samples)."""
@@ -32,7 +29,7 @@ def run_text(args: argparse.Namespace, model: Model) -> int:
         torch.manual_seed(args.seed)
         ids = model.sample(args.n, temperature=temperature)
     for sentence in decode_sentences(vocab, ids):
-        print(sentence or EMPTY)
+        print(sentence)
     return 0
 
 

@@ -9,7 +9,7 @@ Example:
     >>> v = Vocab.build([["the", "cat", "sat"]])
     >>> x, unknown = encode_text(v, ["The cat ran", "cat"])
     >>> x.tolist(), unknown, decode_sentences(v, x)
-    ([[4, 5, 1, 3], [5, 3, 0, 0]], [['ran'], []], ['the cat <unk>', 'cat'])
+    ([[6, 4, 1, 3], [4, 3, 0, 0]], [['ran'], []], ['the cat <unk>', 'cat'])
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def encode_text(vocab: Vocab, texts: Sequence[str]) -> tuple[Tensor, list[list[s
     return ids, unknown
 
 
-def decode_sentences(vocab: Vocab, ids: Tensor) -> list[str]:
-    """Each row of ids ``(B, L)`` as words up to its first ``<eos>`` (:meth:`Vocab.decode`)."""
-    return [vocab.decode(row.tolist()) for row in ids]
+def decode_sentences(vocab: Vocab, ids: Tensor, empty: str = "<eos>") -> list[str]:
+    """Each row of ids ``(B, L)`` as words up to its first ``<eos>`` (:meth:`Vocab.decode`); an
+    empty sentence (``<eos>`` first) as ``empty``, so that a printed line is never blank."""
+    return [vocab.decode(row.tolist()) or empty for row in ids]
 
 
 @torch.no_grad()
