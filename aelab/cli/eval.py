@@ -85,8 +85,9 @@ def print_text_table(cfg: Any, data: Any, names: list[str], results: dict[str, f
     elif "nll" in results:
         print(f"  (nll: exact, nats per sentence on {n} random test sentences)")
     if "ppl" in results:
-        print("  (ppl = exp(total nll / tokens), ppl_elbo the same from neg_elbo, every sentence's <eos> counted as "
-              "a token; tokens: per sentence)")
+        elbo = ", ppl_elbo the same from neg_elbo" if "ppl_elbo" in results else ""
+        print(f"  (ppl = exp(total nll / tokens){elbo}, every sentence's <eos> counted as a token; tokens: per "
+              "sentence)")
     if "text_reconstruction" in names:
         print(f"  (recon_token_accuracy and recon_bleu (BLEU-4, in [0, 1]): greedy decodings from the posterior mean "
               f"of {n} random test sentences against the inputs, <eos> counted)")
