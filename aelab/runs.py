@@ -339,9 +339,7 @@ def check_vocabulary(run_dir: str | Path, vocab: Vocab | None, save: bool) -> No
     if save:
         vocab.save(path)
         return
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a text run keeps the vocabulary it was trained with there")
-    saved = Vocab.load(path)
+    saved = load_vocabulary(run_dir)
     if saved.tokens != vocab.tokens:
         i = next((i for i, (a, b) in enumerate(zip(saved.tokens, vocab.tokens)) if a != b),
                  min(len(saved), len(vocab)))
@@ -350,6 +348,14 @@ def check_vocabulary(run_dir: str | Path, vocab: Vocab | None, save: bool) -> No
         raise ConfigError(f"{path}: the data now give another vocabulary than the run was trained with "
                           f"({len(saved)} vs {len(vocab)} tokens; first difference at {first}): the text files or "
                           "data.min_count / data.max_vocab changed")
+
+
+def load_vocabulary(run_dir: str | Path) -> Vocab:
+    """The vocabulary a text run was trained with (``RUN_DIR/vocab.json``)."""
+    path = Path(run_dir) / VOCAB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a text run keeps the vocabulary it was trained with there")
+    return Vocab.load(path)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Model]:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = apply_overrides(ClassifierConfig(), args.classifier) if args.classifier else None
     limit = None if args.limit == 0 else args.limit
     results: dict[str, float] = {}
-    if args.k < 1 or args.limit < 0 or args.samples < 2:
+    if (args.k is not None and args.k < 1) or args.limit < 0 or args.samples < 2:
         raise ValueError(f"--k must be >= 1, --limit >= 0 and --samples >= 2, got {args.k}, {args.limit}, "
                          f"{args.samples}")
     for i, name in enumerate(names):
@@ -55,11 +55,56 @@ def run(args: argparse.Namespace) -> int:
                           "split": "test", "metrics": results}, indent=2))
         return 0
     per_dim = [v for k, v in results.items() if k.startswith("kl_dim_")]
+    if model.capabilities.text:
+        print_text_table(cfg, data, names, results, limit)
+    else:
+        print_image_table(args, cfg, model, data, names, results, limit)
+    if "mutual_info_max" in results:
+        print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
+    if per_dim:
+        print("  kl per dimension:  " + " ".join(f"{v:.2f}" for v in per_dim))
+    return 0
+
+
+#: the order of a text run's table (the others follow)
+TEXT_ORDER = ("nll", "ppl", "neg_elbo", "ppl_elbo", "kl", "mutual_info", "active_units", "recon_token_accuracy",
+              "recon_bleu", "kl_total", "tokens")
+
+
+def print_text_table(cfg: Any, data: Any, names: list[str], results: dict[str, float], limit: int | None) -> None:
+    n = len(data.test) if limit is None else min(limit, len(data.test))
+    hidden = ("mutual_info_max",)
+    rows = {k: results[k] for k in TEXT_ORDER if k in results}
+    rows |= {k: v for k, v in results.items() if k not in rows and not k.startswith(("kl_dim_", "nll_iwae_k"))
+             and k not in hidden}
+    print_table(rows, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} sentences)")
+    iwae = next((k for k in results if k.startswith("nll_iwae_k")), None)
+    if iwae:
+        print(f"  (nll: the IWAE bound with k={iwae.removeprefix('nll_iwae_k')} ({iwae} in --json); neg_elbo from the "
+              f"same samples, kl on the same sentences: nats per sentence on {n} random test sentences)")
+    elif "nll" in results:
+        print(f"  (nll: exact, nats per sentence on {n} random test sentences)")
+    if "ppl" in results:
+        elbo = ", ppl_elbo the same from neg_elbo" if "ppl_elbo" in results else ""
+        print(f"  (ppl = exp(total nll / tokens){elbo}, every sentence's <eos> counted as a token; tokens: per "
+              "sentence)")
+    if "text_reconstruction" in names:
+        print(f"  (recon_token_accuracy and recon_bleu (BLEU-4, in [0, 1]): greedy decodings from the posterior mean "
+              f"of {n} random test sentences against the inputs, <eos> counted)")
+    if "latent_diagnostics" in names:
+        print(f"  (kl_total and active_units: latent_diagnostics on all {len(data.test)} test sentences, mutual_info "
+              f"on {min(2000, len(data.test))} of them)")
+
+
+def print_image_table(args: argparse.Namespace, cfg: Any, model: Any, data: Any, names: list[str],
+                      results: dict[str, float], limit: int | None) -> None:
+    vq = model.capabilities.codes
     table = {k: v for k, v in results.items() if not k.startswith("kl_dim_") and k != "mutual_info_max"}
     print_table(table, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} images)")
     if "likelihood" in names:
         n = len(data.test) if limit is None else min(limit, len(data.test))
-        print(f"  (neg_elbo and nll_iwae_k{args.k}: nats per image on {n} random test images, same samples)")
+        k = metric_options("likelihood", k=args.k)["k"]
+        print(f"  (neg_elbo and nll_iwae_k{k}: nats per image on {n} random test images, same samples)")
         if "bits_per_dim" not in results:
             print(f"  (no bits_per_dim: the {cfg.model_config.likelihood.name} likelihood is not a normalised "
                   "distribution over 8-bit pixel values; use discretized_logistic for a code length)")
@@ -82,11 +127,6 @@ def run(args: argparse.Namespace) -> int:
         if n_real < 1000:
             print(f"  (warning: a Frechet distance from {n_real} real images is strongly biased upward and noisy; "
                   "compare numbers only at the same n, and prefer n >= 1000)")
-    if "mutual_info_max" in results:
-        print(f"  (mutual_info is a minibatch estimate, at most log M = {results['mutual_info_max']:.3g} nats)")
-    if per_dim:
-        print("  kl per dimension:  " + " ".join(f"{v:.2f}" for v in per_dim))
-    return 0
 
 
 def add_parser(command) -> None:
@@ -95,11 +135,14 @@ def add_parser(command) -> None:
     e.add_argument("--metrics", help=f"comma-separated metric names, of {', '.join(METRICS)} (default: "
                    "reconstruction, linear_probe, and "
                    "likelihood, latent_diagnostics for models with a prior; for vqvae / vqvae2: reconstruction, "
-                   "codebook, and code_likelihood with a code prior); frechet (sample quality) is opt-in")
+                   "codebook, and code_likelihood with a code prior; for text models: text_likelihood, and "
+                   "latent_diagnostics, text_reconstruction for text VAEs); frechet (sample quality) is opt-in")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    e.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL (default 1000)")
+    e.add_argument("--k", type=int, default=None, help="importance samples of the IWAE NLL (default 1000 for images, "
+                   "500 for sentences)")
     e.add_argument("--limit", type=int, default=1000,
-                   help="IWAE and ELBO on a seeded random subset of this many test images (0: all; default 1000)")
+                   help="IWAE and ELBO (text runs: also the reconstructions) on a seeded random subset of this many "
+                   "test examples (0: all; default 1000)")
     e.add_argument("--samples", type=int, default=10000,
                    help="samples (and real test images) of the frechet metric (default 10000)")
     e.add_argument("--classifier", action="append", default=[], metavar="KEY=VALUE",

@@ -303,9 +303,11 @@ def _smooth(values: np.ndarray) -> np.ndarray:
 def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Training curves") -> Path:
     """Train loss and test metrics against the step, from a run's ``metrics.jsonl``.
 
-    Panels (each only where the log has the data): the objective (train loss, raw and smoothed;
-    test loss, negative ELBO and IWAE NLL), the latent diagnostics (KL, mutual information; active
-    units on a second axis) and the test reconstruction error. 600 px high, 520 px per panel.
+    Panels (each only where the log has the data): the objective (train loss, raw and smoothed,
+    and the train reconstruction term, smoothed; test loss, negative ELBO and NLL: IWAE, or exact
+    for a language model), the latent diagnostics (train KL, smoothed; test KL, mutual information;
+    active units on a second axis), the test perplexity (text runs) and the test reconstruction
+    error. 600 px high, 520 px per panel.
     """
     records = _read_metrics(Path(metrics))
     train = [r for r in records if r.get("split") == "train"]
@@ -317,8 +319,10 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
 
     iwae = sorted({k for r in test for k in r if k.startswith("nll_iwae_k")})
     panels = ["objective"]
-    if any("kl_total" in r for r in test):
+    if any("kl_total" in r for r in test) or any("kl" in r for r in train):
         panels.append("latent")
+    if any("ppl" in r for r in test):
+        panels.append("ppl")
     if any("mse" in r for r in test):
         panels.append("mse")
     fig = _figure(520 * len(panels), 600)
@@ -330,8 +334,15 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
             if len(s):
                 ax.plot(s, v, color="tab:blue", alpha=0.25, lw=1)
                 handles += ax.plot(s, _smooth(v), color="tab:blue", lw=1.5, label="train loss (batches, smoothed)")
+            s, v = series(train, "recon")
+            if len(s):
+                handles += ax.plot(s, _smooth(v), "--", color="tab:cyan", lw=1.5,
+                                   label="train reconstruction term (smoothed)")
             lines = [("loss", "tab:orange", "test loss"), ("neg_elbo", "tab:green", "test −ELBO (random subset)")]
             lines += [(k, "tab:red", f"test NLL, IWAE k={k.removeprefix('nll_iwae_k')} (same subset)") for k in iwae]
+            k_text = next((r["iwae_k"] for r in test if "iwae_k" in r), None)  # text runs: "nll", its k apart
+            lines.append(("nll", "tab:red", f"test NLL, IWAE k={k_text:g} (same subset)" if k_text is not None
+                          else "test NLL (exact)"))
             for key, color, label in lines:
                 s, v = series(test, key)
                 if len(s):
@@ -339,6 +350,10 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
             ax.set_ylabel("nats per example")
             ax.set_title("objective")
         elif panel == "latent":
+            s, v = series(train, "kl")
+            if len(s):
+                ax.plot(s, v, color="tab:pink", alpha=0.25, lw=1)
+                handles += ax.plot(s, _smooth(v), color="tab:pink", lw=1.5, label="train KL (batches, smoothed)")
             for key, color, label in [("kl_total", "tab:purple", "KL(q(z|x) ‖ p(z))"),
                                       ("mutual_info", "tab:brown", "mutual information I(x; z)")]:
                 s, v = series(test, key)
@@ -354,6 +369,14 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
                 twin.set_ylim(0, max(1.0, float(v.max())) * 1.1)
                 twin.yaxis.get_major_locator().set_params(integer=True)
             ax.set_title("latent diagnostics")
+        elif panel == "ppl":
+            for key, color, label in [("ppl", "tab:red", "test perplexity (from the NLL)"),
+                                      ("ppl_elbo", "tab:green", "test perplexity from −ELBO")]:
+                s, v = series(test, key)
+                if len(s):
+                    handles += ax.plot(s, v, "o-", color=color, ms=4, label=label)
+            ax.set_ylabel("perplexity per token (<eos> counted)")
+            ax.set_title("perplexity")
         else:
             s, v = series(test, "mse")
             handles += ax.plot(s, v, "o-", color="tab:olive", ms=4, label="test MSE")

@@ -12,6 +12,7 @@ from aelab.nn.modes import evaluation
 from aelab.protocol import Capabilities, Model
 from aelab.report.figures import plot_training_curves, write_run_figures
 from aelab.report.images import reconstruction_grid, save_image_grid
+from aelab.report.text import write_text_figures
 from aelab.runs import attach_code_prior
 
 __all__ = ["write_figures"]
@@ -21,10 +22,12 @@ def write_figures(run_dir: str | Path, model: nn.Module, data: DataSplits,
                   out: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Write every figure that applies to a run's model into ``out`` (default ``RUN_DIR/figures``).
 
-    Models with a continuous prior get traversals, KL per dimension, latent scatter, manifold and
-    training curves (:func:`aelab.report.figures.write_run_figures`); models with discrete codes
-    get reconstructions, samples (with a code prior) and training curves; other models the
-    training curves only.
+    Text models get the training curves and, text VAEs, the KL per latent dimension
+    (:func:`aelab.report.text.write_text_figures`). Image models with a continuous prior get
+    traversals, KL per dimension, latent scatter, manifold and training curves
+    (:func:`aelab.report.figures.write_run_figures`); models with discrete codes get
+    reconstructions, samples (with a code prior) and training curves; other models the training
+    curves only.
 
     Returns:
         The paths written, and notes on the figures that were not drawn and why.
@@ -32,6 +35,8 @@ def write_figures(run_dir: str | Path, model: nn.Module, data: DataSplits,
     caps = model.capabilities if isinstance(model, Model) else Capabilities()
     out_dir = Path(out) if out else Path(run_dir) / "figures"
     metrics = Path(run_dir) / "metrics.jsonl"
+    if caps.text:
+        return write_text_figures(model, data.test, out_dir, metrics)
     if caps.codes:
         return _write_code_figures(run_dir, model, data, out_dir, metrics)
     if caps.latent_prior:
