@@ -239,13 +239,16 @@ class SentenceDistribution(Distribution):
                temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """Sentences ``(B, L)``, ``L <= max_len``: each ends at its first ``<eos>`` then ``<pad>``
         (a sentence still open after ``max_len`` tokens is cut there). ``temperature=0`` decodes
-        greedily (the most likely token at each step)."""
+        greedily (the most likely token at each step). ``<pad>`` and ``<bos>`` are never drawn:
+        they are never targets, so a trained decoder gives them almost no mass, and one drawn by
+        chance would end or restart a sentence."""
         if tuple(sample_shape):
             raise ValueError("draw several sentences with a batch of latents, not a sample shape")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
 
         def choose(logits: Tensor, t: int) -> Tensor:
+            logits[:, PAD_TOKEN] = logits[:, BOS_TOKEN] = -math.inf  # never targets: never drawn
             if temperature == 0:
                 return logits.argmax(-1)
             return torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]

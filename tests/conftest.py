@@ -38,8 +38,9 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
     if name == "vqvae2_prior":
         return {"top": code | {"grid_shape": (2, 2), "layers": 1, "blocks": 1, "heads": 2},
                 "bottom": code | {"layers": 2, "cond_channels": 4}}
-    if MODELS.get(name).family == "text":  # kind: the decoder (lstm or cnn)
-        cfg = {"vocab_size": 20, "max_len": 9, "embed_dim": 8, "hidden": 16, "decoder": kind, "cnn_preset": "small"}
+    if MODELS.get(name).family == "text":  # kind: the decoder (lstm or cnn; others: lstm)
+        decoder = kind if kind in ("lstm", "cnn") else "lstm"
+        cfg = {"vocab_size": 20, "max_len": 9, "embed_dim": 8, "hidden": 16, "decoder": decoder, "cnn_preset": "small"}
         return cfg if name == "text_lm" else cfg | {"latent_dim": 6, "bow_weight": 0.5, "bow_hidden": 8}
     if name == "feature_classifier":  # labels are batch.y (tiny_inputs: class 0 of 3)
         return {"image_shape": TINY_SHAPE, "num_classes": 3, "channels": (4,), "pool": 2, "feature_dim": 8}

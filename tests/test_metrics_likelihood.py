@@ -11,10 +11,10 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from aelab.data.base import TensorImageDataset
 from aelab.metrics.likelihood import (
-    _iwae_and_elbo,
     bits_per_dim,
     elbo,
     is_discrete_8bit,
+    iwae_and_elbo,
     iwae_log_likelihood,
     likelihood_metric,
     log_importance_weights,
@@ -147,7 +147,7 @@ def test_chunked_iwae_equals_unchunked():
     log_w = log_importance_weights(_ReplayModel(model, pool), x, k)
     direct = torch.logsumexp(log_w.double(), 0) - math.log(k)
     for chunk in (None, 1, 7, 50, 64):
-        iwae, elbo_k = _iwae_and_elbo(_ReplayModel(model, pool), x, k, chunk)
+        iwae, elbo_k = iwae_and_elbo(_ReplayModel(model, pool), x, k, chunk)
         torch.testing.assert_close(iwae.double(), direct, atol=1e-4, rtol=0)
         torch.testing.assert_close(elbo_k, log_w.mean(0), atol=1e-4, rtol=0)
         assert (iwae >= elbo_k - 1e-5).all()  # log-mean-exp >= mean, for the same samples
@@ -174,7 +174,7 @@ def test_iwae_tightens_with_k_on_a_trained_vae(trained_vae):
             runs = []
             for seed in range(3):
                 torch.manual_seed(seed)
-                iwae, elbo_k = _iwae_and_elbo(model, x, k, None)
+                iwae, elbo_k = iwae_and_elbo(model, x, k, None)
                 assert (iwae >= elbo_k - 1e-4).all()
                 runs.append(iwae.mean().item())
             means[k] = sum(runs) / len(runs)

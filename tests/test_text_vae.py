@@ -92,6 +92,17 @@ def test_greedy_sampling_picks_the_argmax_of_the_conditionals():
     assert torch.equal(pred[mask], s[mask])
 
 
+def test_samples_are_sentences_never_bos_and_padding_only_after_eos():
+    model = _vae()
+    with torch.no_grad():
+        model.decoder.out.bias[PAD] = model.decoder.out.bias[BOS] = 50.0  # the model would pick them
+    s = model.decode(torch.randn(50, 4)).sample(max_len=10, temperature=2.0)
+    assert not s.eq(BOS).any()
+    ended = torch.cumsum(s.eq(EOS), 1) > 0
+    after_eos = torch.cat([torch.zeros(50, 1, dtype=torch.bool), ended[:, :-1]], 1)
+    assert torch.equal(s.eq(PAD), after_eos)  # padding exactly after each sentence's <eos>
+
+
 @pytest.mark.parametrize("decoder", ["lstm", "cnn"])
 def test_padding_never_changes_a_loss(decoder):
     model = _vae(decoder, bidirectional=True, bow_weight=1.0)

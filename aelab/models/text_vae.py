@@ -180,7 +180,7 @@ def build_sentence_decoder(cfg: TextLMConfig, latent_dim: int) -> SentenceDecode
     if cfg.decoder == "cnn":
         return DilatedCNNDecoder(cfg.vocab_size, cfg.embed_dim, cfg.hidden, latent_dim, CNN_PRESETS[cfg.cnn_preset],
                                  cfg.cnn_kernel, cfg.cnn_gated, cfg.dropout)
-    z_mode = getattr(cfg, "z_mode", "init")
+    z_mode = cfg.z_mode if isinstance(cfg, TextVAEConfig) else "init"  # a language model has no z
     return LSTMDecoder(cfg.vocab_size, cfg.embed_dim, cfg.hidden, latent_dim, cfg.layers, z_mode, cfg.dropout)
 
 

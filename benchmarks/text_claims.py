@@ -1,0 +1,197 @@
+"""Posterior collapse and its remedies on the fortunes corpus: one table, several seeds per row.
+
+Every row is an ordinary run (what ``aelab train`` does, in RUN_ROOT/ROW/seedS) followed by the
+same evaluation on the test sentences: NLL (IWAE bound, ``--k`` samples, on ``--eval-limit``
+sentences), perplexity (``<eos>`` counted), -ELBO, KL, mutual information, active units, and
+greedy-reconstruction BLEU from the posterior mean; ``s/epoch`` is the training time per epoch
+from the run's own log. Rows run ``--jobs`` at a time, one thread each.
+
+  python benchmarks/text_claims.py --seeds 0,1,2 --out benchmarks/results/text_claims.json
+  python benchmarks/text_claims.py --rows lm,vae --seeds 0 --epochs 1 --quick   # a smoke run
+
+Prints JSON (every run and per row the mean and s.d.), and a Markdown table with ``--markdown``.
+Each row is ``text_vae`` with no remedy plus one remedy (or ``text_lm``); the protocol is the
+shared ``BASE`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _host import host_info
+
+from aelab.config import to_dict
+from aelab.data.base import load_data
+from aelab.io import atomic_write_text
+from aelab.metrics.latent import latent_diagnostics
+from aelab.metrics.text import text_likelihood, text_reconstruction
+from aelab.runs import RunConfig, load_run, train_run
+from aelab.training.trainer import read_metrics
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: the protocol every row shares: model sizes, vocabulary, optimisation
+BASE: dict[str, Any] = {
+    "model": {"embed_dim": 128, "hidden": 256, "latent_dim": 32},
+    "data": {"name": "fortunes", "min_count": 3},
+    "trainer": {"batch_size": 64, "lr": 1e-3, "grad_clip": 5.0, "iwae_k": 0, "diagnostics": False,
+                "eval_limit": 200, "progress": False, "images": False, "log_every": 50},
+}
+#: steps in one epoch of fortunes at batch 64 (23,092 sentences): the annealing horizon
+EPOCH_STEPS = 361
+
+#: row -> (model, model overrides on top of BASE)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lm": ("text_lm", {}),
+    "vae": ("text_vae", {}),
+    "anneal": ("text_vae", {"beta": f"linear(0, 1, {EPOCH_STEPS})"}),
+    "wdrop25": ("text_vae", {"word_dropout": 0.25}),
+    "wdrop50": ("text_vae", {"word_dropout": 0.5}),
+    "freebits": ("text_vae", {"free_bits": 0.25, "free_bits_mode": "dim"}),
+    "bow": ("text_vae", {"bow_weight": 1.0}),
+    "cnn_small": ("text_vae", {"decoder": "cnn", "cnn_preset": "small"}),
+    "cnn_medium": ("text_vae", {"decoder": "cnn", "cnn_preset": "medium"}),
+    "cnn_large": ("text_vae", {"decoder": "cnn", "cnn_preset": "large"}),
+    "aggressive": ("text_vae", {"aggressive": True, "aggressive_check": EPOCH_STEPS // 2}),
+}
+LABELS = {
+    "lm": "`text_lm` (LSTM, no latent)", "vae": "`text_vae`, no remedy", "anneal": "+ KL annealing (0 -> 1, 1 epoch)",
+    "wdrop25": "+ word dropout 0.25", "wdrop50": "+ word dropout 0.5", "freebits": "+ free bits 0.25/dim",
+    "bow": "+ bag-of-words loss (weight 1)", "cnn_small": "dilated CNN small (RF 15)",
+    "cnn_medium": "dilated CNN medium (RF 63)", "cnn_large": "dilated CNN large (RF 125)",
+    "aggressive": "+ aggressive training (He et al.)",
+}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_config(row: str, seed: int, args: argparse.Namespace) -> RunConfig:
+    model, overrides = ROWS[row]
+    model_cfg = dict(BASE["model"])
+    if model == "text_lm":
+        model_cfg.pop("latent_dim")
+    return RunConfig.from_dict({
+        "model": model,
+        "model_config": _merge(model_cfg, overrides),
+        "data": dict(BASE["data"], root=str(args.data_dir)),
+        "trainer": dict(BASE["trainer"], epochs=args.epochs, seed=seed,
+                        **({"max_steps": args.max_steps} if args.max_steps else {})),
+    })
+
+
+def evaluate(run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    cfg, model = load_run(run_dir)
+    test = load_data(cfg.data).test
+    out = text_likelihood(model, test, k=args.k, limit=args.eval_limit, batch_size=50)
+    if model.capabilities.latent_prior:
+        out |= latent_diagnostics(model, test, 500, limit=args.eval_limit, mi_limit=1000)
+        out |= text_reconstruction(model, test, limit=args.eval_limit)
+    out = {k: v for k, v in out.items() if not k.startswith("kl_dim_")}
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    out["s_per_epoch"] = statistics.mean(r["seconds"] for r in records)
+    return out
+
+
+def one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
+    row, seed, args = job
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.runs) / row / f"seed{seed}"
+    t0 = time.perf_counter()
+    done = (run_dir / "metrics.jsonl").is_file() and not args.retrain and _finished(run_dir, args)
+    if not done:
+        train_run(run_config(row, seed, args), run_dir, resume=(run_dir / "trainer_state.safetensors").is_file())
+    metrics = evaluate(run_dir, args)
+    return {"row": row, "seed": seed, "run_dir": str(run_dir), "wall_s": time.perf_counter() - t0, **metrics}
+
+
+def _finished(run_dir: Path, args: argparse.Namespace) -> bool:
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    return len(records) >= args.epochs
+
+
+def summarise(results: list[dict[str, Any]], rows: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        runs = [r for r in results if r["row"] == row]
+        keys = [k for k, v in runs[0].items() if isinstance(v, float) and k not in ("seed",)]
+        out[row] = {"label": LABELS[row], "seeds": len(runs)}
+        for k in keys:
+            vals = [r[k] for r in runs if k in r]
+            out[row][k] = {"mean": statistics.mean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def markdown(summary: dict[str, dict[str, Any]], k: int) -> str:
+    cols = [("nll", f"NLL (IWAE k={k})", 2), ("ppl", "PPL", 1), ("kl", "KL", 2), ("mutual_info", "MI", 2),
+            ("active_units", "AU", 1), ("recon_bleu", "recon BLEU", 3), ("s_per_epoch", "s/epoch", 0)]
+    lines = ["| setting | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for s in summary.values():
+        cells = []
+        for key, _, digits in cols:
+            if key not in s:
+                cells.append("-")
+                continue
+            m, sd = s[key]["mean"], s[key]["sd"]
+            cells.append(f"{m:.{digits}f} ± {sd:.{digits}f}")
+        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of every run (smoke runs)")
+    p.add_argument("--k", type=int, default=50, help="importance samples of the NLL")
+    p.add_argument("--eval-limit", type=int, default=None, help="test sentences scored (default: all 2,565)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    p.add_argument("--runs", default="/tmp/aelab_text_claims", help="where the run directories go")
+    p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
+    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--quick", action="store_true", help="60 steps a run, 200 test sentences, k=5")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the Markdown table to stderr")
+    args = p.parse_args()
+    if args.quick:
+        args.max_steps, args.eval_limit, args.k, args.epochs = 60, 200, 5, 1
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(r, s, args) for r in rows for s in seeds]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        results = pool.map(one, jobs, chunksize=1)
+    summary = summarise(results, rows)
+    protocol = {"base": BASE, "rows": {r: ROWS[r] for r in rows}, "epochs": args.epochs, "max_steps": args.max_steps,
+                "k": args.k, "eval_limit": args.eval_limit, "jobs": args.jobs, "threads": args.threads}
+    report = {"host": host_info(args.threads), "protocol": protocol,
+              "command": " ".join(sys.argv), "wall_s": time.perf_counter() - t0, "summary": summary, "runs": results,
+              "model_configs": {r: to_dict(run_config(r, 0, args).model_config) for r in rows}}
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.markdown:
+        print(markdown(summary, args.k), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
