@@ -309,8 +309,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
             raise ConfigError("--init-from starts a new run from another run's weights; it does not go with --resume")
         init_weights_from(model, init_from)
     run_config = cfg.to_dict() | ({"parent": {"init_from": str(init_from)}} if init_from is not None else {})
-    trainer = Trainer(model, data.train, data.test, cfg.trainer, run_dir=run_dir, on_epoch_end=on_epoch_end,
-                      run_config=run_config)
+    # the per-epoch evaluation runs on the validation split where the data set has one
+    trainer = Trainer(model, data.train, data.valid or data.test, cfg.trainer, run_dir=run_dir,
+                      on_epoch_end=on_epoch_end, run_config=run_config)
     trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
     trainer.data_info = data.info  # what loading the data changed, for on_start to tell
     with RunLock(run_dir):

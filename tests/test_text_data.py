@@ -94,6 +94,13 @@ def test_fortunes_and_a_user_corpus_load(shared_data, tmp_path):
         load_data(DataConfig(name="text", train=str(train)))
     with pytest.raises(ConfigError, match="data.overlong"):
         DataConfig(name="text", overlong="wrap")
+    valid = tmp_path / "valid.txt"
+    valid.write_text("the dog\n")
+    with_valid = load_data(DataConfig(name="text", train=str(train), test=str(test), valid=str(valid)))
+    assert with_valid.info.vocab.decode(with_valid.valid.get_batch(torch.tensor([0])).x[0]) == "the dog"
+    assert user.valid is None
+    with pytest.raises(ConfigError, match="data set 'fortunes' has no validation file"):
+        DataConfig(name="fortunes", valid=str(valid))
 
 
 def test_a_run_keeps_its_vocabulary_and_refuses_another(tmp_path):

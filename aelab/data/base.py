@@ -206,11 +206,14 @@ class DatasetInfo:
 
 @dataclass
 class DataSplits:
-    """The train and test splits of one data set, with its :class:`DatasetInfo`."""
+    """The train and test splits of one data set, with its :class:`DatasetInfo`, and an optional
+    validation split (the per-epoch evaluation runs on it where there is one, so that choosing a
+    setting never looks at the test split)."""
 
     train: Split
     test: Split
     info: DatasetInfo
+    valid: Split | None = None
 
 
 @dataclass
@@ -223,6 +226,8 @@ class DataConfig:
         path: The user's file or folder, for ``npz`` and ``folder``.
         train: The user's training file, for ``text`` (one sentence a line).
         test: The user's test file, for ``text``.
+        valid: The user's optional validation file, for ``text``: the per-epoch evaluation of a
+            training run is done on it instead of the test file.
         max_len: Text: the most tokens a sentence may have (without ``<eos>``).
         overlong: Text: ``truncate`` or ``drop`` longer sentences (each counted and reported).
         min_count: Text: words seen fewer times in the training split become ``<unk>``.
@@ -238,6 +243,7 @@ class DataConfig:
     path: str | None = None
     train: str | None = None
     test: str | None = None
+    valid: str | None = None
     max_len: int = 64
     overlong: str = "truncate"
     min_count: int = 1
@@ -253,6 +259,9 @@ class DataConfig:
                               f"{self.max_len}, {self.min_count}, {self.max_vocab}")
         if self.overlong not in ("truncate", "drop"):
             raise ConfigError(f"data.overlong: expected 'truncate' or 'drop', got {self.overlong!r}")
+        if self.valid is not None and self.name != "text":
+            raise ConfigError(f"data.valid is a file of the 'text' data set (with data.train and data.test); "
+                              f"data set {self.name!r} has no validation file")
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -326,4 +335,4 @@ def load_data(cfg: DataConfig) -> DataSplits:
     # Distinct streams for the two splits, so equal sizes do not pick the same positions.
     train = _take_subset(splits.train, cfg.train_subset, cfg.seed, "train_subset")
     test = _take_subset(splits.test, cfg.test_subset, cfg.seed + 1, "test_subset")
-    return DataSplits(train=train, test=test, info=splits.info)
+    return DataSplits(train=train, test=test, info=splits.info, valid=splits.valid)

@@ -7,8 +7,9 @@ Two registered data sets:
   ``fortunes-test.txt``: 2,565, disjoint), read from the data directory (``data.root``,
   ``$AELAB_DATA_DIR``);
 * ``text``: any corpus of the user's, one sentence a line, tokens separated by spaces
-  (``--set data.train=FILE --set data.test=FILE``; Penn-Treebank files with their ``<unk>``
-  tokens work as they are).
+  (``--set data.train=FILE --set data.test=FILE``, optionally ``--set data.valid=FILE``, on
+  which the per-epoch evaluation then runs; Penn-Treebank files with their ``<unk>`` tokens
+  work as they are).
 
 The vocabulary is built from the training split (``data.min_count``, ``data.max_vocab``) with the
 specials ``<pad> <unk> <bos> <eos>`` at ids 0-3. A sentence is stored as its token ids followed by
@@ -233,15 +234,17 @@ def token_sequences(sentences: Sequence[Sequence[str]], vocab: Vocab) -> TokenSe
     return TokenSequences(ids, lengths)
 
 
-def _text_splits(name: str, train_file: Path, test_file: Path, cfg: DataConfig) -> DataSplits:
-    train = read_sentences(train_file, cfg.max_len, cfg.overlong)
-    test = read_sentences(test_file, cfg.max_len, cfg.overlong)
-    vocab = Vocab.build(train.sentences, cfg.min_count, cfg.max_vocab)
-    notes = tuple(f"{f}: {c.truncated} sentences longer than data.max_len={cfg.max_len} truncated, {c.dropped} "
-                  f"dropped, {c.blank} blank lines skipped" for f, c in ((train_file, train), (test_file, test))
+def _text_splits(name: str, train_file: Path, test_file: Path, cfg: DataConfig,
+                 valid_file: Path | None = None) -> DataSplits:
+    files = {"train": train_file, "test": test_file} | ({"valid": valid_file} if valid_file is not None else {})
+    corpora = {k: read_sentences(f, cfg.max_len, cfg.overlong) for k, f in files.items()}
+    vocab = Vocab.build(corpora["train"].sentences, cfg.min_count, cfg.max_vocab)
+    notes = tuple(f"{files[k]}: {c.truncated} sentences longer than data.max_len={cfg.max_len} truncated, "
+                  f"{c.dropped} dropped, {c.blank} blank lines skipped" for k, c in corpora.items()
                   if c.truncated or c.dropped or c.blank)
     info = DatasetInfo(name=name, shape=(cfg.max_len + 1,), vocab=vocab, notes=notes)
-    return DataSplits(token_sequences(train.sentences, vocab), token_sequences(test.sentences, vocab), info)
+    splits = {k: token_sequences(c.sentences, vocab) for k, c in corpora.items()}
+    return DataSplits(splits["train"], splits["test"], info, valid=splits.get("valid"))
 
 
 @DATASETS.register("fortunes")
@@ -266,4 +269,5 @@ def build_text(cfg: DataConfig) -> DataSplits:
     """Your own corpus: data.train and data.test files, one sentence a line, tokens separated by spaces."""
     if cfg.train is None or cfg.test is None:
         raise ConfigError("data set 'text' needs data.train=FILE and data.test=FILE (one sentence a line)")
-    return _text_splits("text", Path(cfg.train).expanduser(), Path(cfg.test).expanduser(), cfg)
+    valid = Path(cfg.valid).expanduser() if cfg.valid is not None else None
+    return _text_splits("text", Path(cfg.train).expanduser(), Path(cfg.test).expanduser(), cfg, valid)
