@@ -11,10 +11,10 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from aelab.data.base import TensorImageDataset
 from aelab.metrics.likelihood import (
-    _iwae_and_elbo,
     bits_per_dim,
     elbo,
     is_discrete_8bit,
+    iwae_and_elbo,
     iwae_log_likelihood,
     likelihood_metric,
     log_importance_weights,
@@ -147,7 +147,7 @@ def test_chunked_iwae_equals_unchunked():
     log_w = log_importance_weights(_ReplayModel(model, pool), x, k)
     direct = torch.logsumexp(log_w.double(), 0) - math.log(k)
     for chunk in (None, 1, 7, 50, 64):
-        iwae, elbo_k = _iwae_and_elbo(_ReplayModel(model, pool), x, k, chunk)
+        iwae, elbo_k = iwae_and_elbo(_ReplayModel(model, pool), x, k, chunk)
         torch.testing.assert_close(iwae.double(), direct, atol=1e-4, rtol=0)
         torch.testing.assert_close(elbo_k, log_w.mean(0), atol=1e-4, rtol=0)
         assert (iwae >= elbo_k - 1e-5).all()  # log-mean-exp >= mean, for the same samples
@@ -174,7 +174,7 @@ def test_iwae_tightens_with_k_on_a_trained_vae(trained_vae):
             runs = []
             for seed in range(3):
                 torch.manual_seed(seed)
-                iwae, elbo_k = _iwae_and_elbo(model, x, k, None)
+                iwae, elbo_k = iwae_and_elbo(model, x, k, None)
                 assert (iwae >= elbo_k - 1e-4).all()
                 runs.append(iwae.mean().item())
             means[k] = sum(runs) / len(runs)
@@ -221,3 +221,17 @@ def test_needs_a_prior():
         iwae_log_likelihood(model, torch.rand(2, 1, 6, 5), k=3)
     with pytest.raises(ValueError, match="k must be >= 1"):
         elbo(build_model("vae", image_shape=(1, 6, 5), latent_dim=2), torch.rand(2, 1, 6, 5), n_samples=0)
+
+
+def test_iwae_on_token_ids_is_not_truncated_to_integers():
+    # a text VAE scores integer token ids; its bounds must keep their fractions
+    from aelab.protocol import build_model
+
+    torch.manual_seed(0)
+    m = build_model("text_vae", vocab_size=20, embed_dim=8, hidden=16, latent_dim=4).eval()
+    x = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0], [9, 9, 3, 0]])
+    with torch.no_grad():
+        iwae, elbo_k = iwae_and_elbo(m, x, k=4, chunk=None)
+    assert iwae.dtype == elbo_k.dtype == torch.float32
+    assert float((iwae - iwae.round()).abs().max()) > 1e-3
+    assert bool((iwae >= elbo_k - 1e-5).all())
