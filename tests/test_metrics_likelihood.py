@@ -221,3 +221,17 @@ def test_needs_a_prior():
         iwae_log_likelihood(model, torch.rand(2, 1, 6, 5), k=3)
     with pytest.raises(ValueError, match="k must be >= 1"):
         elbo(build_model("vae", image_shape=(1, 6, 5), latent_dim=2), torch.rand(2, 1, 6, 5), n_samples=0)
+
+
+def test_iwae_on_token_ids_is_not_truncated_to_integers():
+    # a text VAE scores integer token ids; its bounds must keep their fractions
+    from aelab.protocol import build_model
+
+    torch.manual_seed(0)
+    m = build_model("text_vae", vocab_size=20, embed_dim=8, hidden=16, latent_dim=4).eval()
+    x = torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0], [9, 9, 3, 0]])
+    with torch.no_grad():
+        iwae, elbo_k = iwae_and_elbo(m, x, k=4, chunk=None)
+    assert iwae.dtype == elbo_k.dtype == torch.float32
+    assert float((iwae - iwae.round()).abs().max()) > 1e-3
+    assert bool((iwae >= elbo_k - 1e-5).all())

@@ -124,7 +124,8 @@ def iwae_and_elbo(model: nn.Module, x: Tensor, k: int, chunk: int | None) -> tup
         lse = part if lse is None else torch.logaddexp(lse, part)
         total = total + log_w.sum(0)
         done += m
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()  # token ids are integers
+    # in the inputs' float dtype; token ids (text) are integers, and casting to them would truncate
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     return (lse - math.log(k)).to(dtype), (total / k).to(dtype)
 
 
