@@ -327,13 +327,23 @@ class TextVAE(_SentenceModel):
 
     def _update(self, batch: Batch, step: int, optimizers: Mapping[str, torch.optim.Optimizer],
                 groups: tuple[str, ...], ctx: StepContext) -> tuple[LossOutput, ModelOutput]:
-        with ctx.autocast():
-            out = self(batch.x, step)
-            lo = self.objective(out, self, step)
-        ctx.check_finite("loss", lo.loss.item(), lo.terms)
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        lo.loss.backward()
+        # the groups not updated here get no gradient at all (the backward pass skips their
+        # weight gradients: the decoder's output layer is most of an encoder-only step's cost)
+        frozen = [p for g, opt in optimizers.items() if g not in groups
+                  for group in opt.param_groups for p in group["params"] if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with ctx.autocast():
+                out = self(batch.x, step)
+                lo = self.objective(out, self, step)
+            ctx.check_finite("loss", lo.loss.item(), lo.terms)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            lo.loss.backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         params = [p for g in groups for group in optimizers[g].param_groups for p in group["params"]]
         ctx.clip(params)
         for g in groups:
