@@ -43,7 +43,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BASE: dict[str, Any] = {
     "model": {"embed_dim": 128, "hidden": 256, "latent_dim": 32},
     "data": {"name": "fortunes", "min_count": 3},
+    # bfloat16 autocast (the output layer; LSTMs stay float32) and fused Adam: 1.3x faster at the
+    # same NLL in benchmarks/text_vae_speed.py
     "trainer": {"batch_size": 64, "lr": 1e-3, "grad_clip": 5.0, "iwae_k": 0, "diagnostics": False,
+                "precision": "bf16", "fused": True,
                 "eval_limit": 200, "progress": False, "images": False, "log_every": 50},
 }
 #: steps in one epoch of fortunes at batch 64 (23,092 sentences): the annealing horizon
