@@ -285,3 +285,17 @@ def test_text_models_refuse_image_data_and_bad_settings():
         TextVAEConfig(decoder="gru")
     with pytest.raises(ConfigError, match="use 'total'"):
         TextVAEConfig(posterior="iaf", free_bits=1.0)
+
+
+def test_under_bfloat16_autocast_the_posterior_and_kl_stay_float32():
+    model = _vae()
+    model.train()
+    x = _sentences(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        lo = model.loss(Batch(x))
+    assert out.z.dtype == torch.float32 and out.qz_x.mean.dtype == torch.float32
+    with torch.no_grad():
+        fp32 = torch.distributions.kl_divergence(model.encode(x, encoding=False), model.prior())
+    assert torch.isfinite(lo.loss) and lo.terms["kl"].item() == pytest.approx(fp32.mean().item(), rel=0.05)
+    assert (fp32 >= 0).all()

@@ -37,6 +37,7 @@ from aelab.likelihoods import EOS_TOKEN, PAD_TOKEN, SentenceDistribution, word_d
 from aelab.losses.objective import Objective
 from aelab.losses.terms import BagOfWordsNLL, KLDivergence, ReconstructionNLL, minibatch_mutual_information
 from aelab.nn.linear import Linear
+from aelab.nn.precision import float32_region, upcast
 from aelab.nn.sequence import CNN_PRESETS, DilatedCNNDecoder, LSTMDecoder, SentenceDecoder, SentenceEncoder
 from aelab.outputs import LossOutput, ModelOutput
 from aelab.priors.base import PriorConfig, build_prior
@@ -286,8 +287,13 @@ class TextVAE(_SentenceModel):
 
     # --- the pipeline -------------------------------------------------------------------------
     def encode(self, x: Tensor, step: int | None = None, encoding: bool = True) -> torch.distributions.Distribution:
-        """q(z|x) for padded ids ``(B, T)`` (lengths read from the padding)."""
-        return self.head(self.encoder(x), step=step, encoding=encoding)
+        """q(z|x) for padded ids ``(B, T)`` (lengths read from the padding).
+
+        The encoder may run in bfloat16 under autocast; the head, and so q(z|x), z, the KL and
+        the MI estimates, never do (a KL in bfloat16 reads -0.02 nats where it is 0)."""
+        h = self.encoder(x)
+        with float32_region(h):
+            return self.head(upcast(h), step=step, encoding=encoding)
 
     def decode(self, z: Tensor) -> SentenceDistribution:
         """p(x|z): the sentence distribution given latents ``(B, D)``."""
