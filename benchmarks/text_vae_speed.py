@@ -35,7 +35,7 @@ scores both on the same test sentences with the same random numbers: the IWAE bo
 ``--iwae-k`` samples (NLL per sentence, nats) and the k-sample -ELBO.
 
 Memory: each contender trains ``--rss-steps`` steps and scores ``--rss-eval`` test sentences in a
-subprocess of its own; its peak resident set (``ru_maxrss``) is reported.
+subprocess of its own; its peak resident set (``VmHWM``) is reported.
 
 IWAE k = 500: ``--iwae-full-k`` samples on ``--iwae-full-limit`` test sentences (default: all
 2,565) with aelab's model of the first seed, timed; on a subset the extrapolation to the full
