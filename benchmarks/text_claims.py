@@ -49,7 +49,8 @@ BASE: dict[str, Any] = {
                 "precision": "bf16", "fused": True,
                 "eval_limit": 200, "progress": False, "images": False, "log_every": 50},
 }
-#: steps in one epoch of fortunes at batch 64 (23,092 sentences): the annealing horizon
+#: fortunes' training sentences, and the steps in one epoch of them at batch 64 (the annealing horizon)
+FORTUNES_TRAIN = 23_092
 EPOCH_STEPS = 361
 
 #: row -> (model, model overrides on top of BASE)
@@ -102,18 +103,19 @@ def run_config(row: str, seed: int, args: argparse.Namespace) -> RunConfig:
 
 def evaluate(run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     cfg, model = load_run(run_dir)
-    data = load_data(cfg.data)
-    test = data.test
+    test = load_data(cfg.data).test
     out = text_likelihood(model, test, k=args.k, limit=args.eval_limit, batch_size=50)
     if model.capabilities.latent_prior:
         out |= latent_diagnostics(model, test, 500, limit=args.eval_limit, mi_limit=1000)
         out |= text_reconstruction(model, test, limit=args.eval_limit)
-    out = {k: v for k, v in out.items() if not k.startswith("kl_dim_")}
+    return {k: v for k, v in out.items() if not k.startswith("kl_dim_")}
+
+
+def seconds_per_epoch(run_dir: Path, train_size: int) -> float:
+    """From the logged throughput, which a resumed epoch also gets right (its ``seconds`` cover
+    only the part after the resume)."""
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
-    # from the logged throughput, which a resumed epoch also gets right (its seconds cover only
-    # the part after the resume)
-    out["s_per_epoch"] = statistics.mean(len(data.train) / r["samples_per_second"] for r in records)
-    return out
+    return statistics.mean(train_size / r["samples_per_second"] for r in records)
 
 
 def one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
@@ -124,13 +126,14 @@ def one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
     done = (run_dir / "metrics.jsonl").is_file() and not args.retrain and _finished(run_dir, args)
     cache = run_dir / f"claim_eval_k{args.k}_n{args.eval_limit or 0}.json"
     if done and cache.is_file():
-        return json.loads(cache.read_text())
+        return json.loads(cache.read_text()) | {"s_per_epoch": seconds_per_epoch(run_dir, FORTUNES_TRAIN)}
     if not done:
         if args.finished_only:
             return {"row": row, "seed": seed, "missing": True}
         train_run(run_config(row, seed, args), run_dir, resume=(run_dir / "trainer_state.safetensors").is_file())
     metrics = evaluate(run_dir, args)
-    result = {"row": row, "seed": seed, "run_dir": str(run_dir), "wall_s": time.perf_counter() - t0, **metrics}
+    result = {"row": row, "seed": seed, "run_dir": str(run_dir), "wall_s": time.perf_counter() - t0, **metrics,
+              "s_per_epoch": seconds_per_epoch(run_dir, FORTUNES_TRAIN)}
     atomic_write_text(cache, json.dumps(result) + "\n")
     return result
 
