@@ -62,6 +62,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "wdrop50": ("text_vae", {"word_dropout": 0.5}),
     "freebits": ("text_vae", {"free_bits": 0.25, "free_bits_mode": "dim"}),
     "bow": ("text_vae", {"bow_weight": 1.0}),
+    "anneal_wdrop50": ("text_vae", {"beta": f"linear(0, 1, {EPOCH_STEPS // 2})", "word_dropout": 0.5}),
     "cnn_small": ("text_vae", {"decoder": "cnn", "cnn_preset": "small"}),
     "cnn_medium": ("text_vae", {"decoder": "cnn", "cnn_preset": "medium"}),
     "cnn_large": ("text_vae", {"decoder": "cnn", "cnn_preset": "large"}),
@@ -74,7 +75,9 @@ LABELS = {
     "lm": "`text_lm` (LSTM, no latent)", "vae": "`text_vae`, no remedy",
     "anneal": "+ KL annealing (0 -> 1 over half an epoch)",
     "wdrop25": "+ word dropout 0.25", "wdrop50": "+ word dropout 0.5", "freebits": "+ free bits 0.25/dim",
-    "bow": "+ bag-of-words loss (weight 1)", "cnn_small": "dilated CNN small (RF 15)",
+    "bow": "+ bag-of-words loss (weight 1)",
+    "anneal_wdrop50": "+ KL annealing and word dropout 0.5 (Bowman et al.'s recipe)",
+    "cnn_small": "dilated CNN small (RF 15)",
     "cnn_medium": "dilated CNN medium (RF 63)", "cnn_large": "dilated CNN large (RF 125)",
     "aggressive": "+ aggressive training (He et al.)",
 }
