@@ -56,6 +56,10 @@ EPOCH_STEPS = 361
 #: row -> (model, model overrides on top of BASE)
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "lm": ("text_lm", {}),
+    # the references of the dilated-CNN rows: the same decoders without a latent
+    "lm_cnn_small": ("text_lm", {"decoder": "cnn", "cnn_preset": "small"}),
+    "lm_cnn_medium": ("text_lm", {"decoder": "cnn", "cnn_preset": "medium"}),
+    "lm_cnn_large": ("text_lm", {"decoder": "cnn", "cnn_preset": "large"}),
     "vae": ("text_vae", {}),
     "anneal": ("text_vae", {"beta": f"linear(0, 1, {EPOCH_STEPS // 2})"}),
     "wdrop25": ("text_vae", {"word_dropout": 0.25}),
@@ -73,6 +77,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 LABELS = {
     "lm": "`text_lm` (LSTM, no latent)", "vae": "`text_vae`, no remedy",
+    "lm_cnn_small": "`text_lm`, dilated CNN small", "lm_cnn_medium": "`text_lm`, dilated CNN medium",
+    "lm_cnn_large": "`text_lm`, dilated CNN large",
     "anneal": "+ KL annealing (0 -> 1 over half an epoch)",
     "wdrop25": "+ word dropout 0.25", "wdrop50": "+ word dropout 0.5", "freebits": "+ free bits 0.25/dim",
     "bow": "+ bag-of-words loss (weight 1)",
