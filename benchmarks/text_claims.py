@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,8 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=1000, help="test sentences scored (0: all 2,565)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    p.add_argument("--runs", default="/tmp/aelab_text_claims", help="where the run directories go")
+    p.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "aelab_text_claims"),
+                   help="where the run directories go")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     p.add_argument("--finished-only", action="store_true", help="train nothing: summarise the finished runs")

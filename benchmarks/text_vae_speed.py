@@ -57,14 +57,17 @@ import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _host import host_info
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -73,7 +76,7 @@ from aelab.data.base import DataConfig, load_data
 from aelab.data.batches import steps_per_epoch, train_batches
 from aelab.data.text import BOS, PAD, TokenSequences
 from aelab.metrics.text import text_likelihood
-from aelab.protocol import build_model
+from aelab.protocol import WEIGHTS_NAME, build_model, load_weights
 from aelab.training.trainer import Trainer, TrainerConfig
 
 GIB = 1 << 30
@@ -299,9 +302,9 @@ def run_seed(args, splits, seed: int, total: int) -> dict:
         out[f"aelab_{p}"]["speedup_over_reference"] = a["tokens_per_second"] / r["tokens_per_second"]
         out[f"aelab_{p}"]["nll_minus_reference"] = (a[f"test_nll_iwae_k{args.iwae_k}"]
                                                     - r[f"test_nll_iwae_k{args.iwae_k}"])
-    if args.keep_model is not None and seed == args.seeds[0]:
-        name = f"aelab_{args.iwae_full_precision}"
-        torch.save(models[name].state_dict() if name in models else None, args.keep_model)
+    name = f"aelab_{args.iwae_full_precision}"
+    if args.keep_model is not None and seed == args.seeds[0] and name in models:
+        models[name].save_pretrained(args.keep_model)  # safetensors + config.json, never pickle
     return out
 
 
@@ -325,9 +328,9 @@ def rss_side(args, splits) -> dict:
 def iwae_full(args, splits) -> dict:
     torch.manual_seed(0)
     model = build_model("text_vae", **model_cfg(args, len(splits.info.vocab), splits.info.shape[0]))
-    state = torch.load(args.keep_model) if args.keep_model and Path(args.keep_model).exists() else None
-    if state is not None:
-        model.load_state_dict(state)
+    trained = bool(args.keep_model) and (Path(args.keep_model) / WEIGHTS_NAME).is_file()
+    if trained:
+        load_weights(model, args.keep_model)
     n = len(splits.test) if args.iwae_full_limit is None else min(args.iwae_full_limit, len(splits.test))
     t0 = time.perf_counter()
     if args.iwae_full_precision == "bf16":
@@ -340,7 +343,7 @@ def iwae_full(args, splits) -> dict:
     return {"k": args.iwae_full_k, "sentences": n, "test_sentences": len(splits.test), "seconds": seconds,
             "extrapolated_full_test_seconds": seconds * len(splits.test) / n,
             "measured_on_full_test": n == len(splits.test),
-            "precision": args.iwae_full_precision, "trained_weights": state is not None, "nll": lik["nll"],
+            "precision": args.iwae_full_precision, "trained_weights": trained, "nll": lik["nll"],
             "peak_rss_gib": peak / GIB}
 
 
@@ -391,20 +394,9 @@ def child(args, mode: str, extra: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def host_info() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},
-            "torch": torch.__version__, "aelab": aelab.__version__, "python": platform.python_version()}
+def host() -> dict:
+    """The machine (benchmarks/_host.py) and the versions of aelab and Python."""
+    return host_info() | {"aelab": aelab.__version__, "python": platform.python_version()}
 
 
 def mean_sd(xs: list[float]) -> dict:
@@ -457,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_data(DataConfig(name="fortunes", min_count=args.vocab_min_count))
 
     if args.profile_steps:
-        print(json.dumps({"host": host_info(), "profile": profile(args, splits)}, indent=2))
+        print(json.dumps({"host": host(), "profile": profile(args, splits)}, indent=2))
         return
     if args.child == "rss":
         print(json.dumps(rss_side(args, splits)))
@@ -468,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
 
     spe = steps_per_epoch(len(splits.train), args.batch_size)
     total = args.max_steps if args.max_steps is not None else max(1, round(args.epochs * spe))
-    keep = Path(os.environ.get("TMPDIR", "/tmp")) / f"text_vae_speed_{os.getpid()}.pt"
+    keep = Path(tempfile.gettempdir()) / f"text_vae_speed_{os.getpid()}"
     args.keep_model = str(keep)
     per_seed = [run_seed(args, splits, seed, total) for seed in args.seeds]
     names = ["reference"] + [f"aelab_{q}" for q in args.precisions]
@@ -483,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     iwae = None
     if not args.skip_iwae_full:
         iwae = child(args, "iwae", ["--keep-model", str(keep)])
-    keep.unlink(missing_ok=True)
+    shutil.rmtree(keep, ignore_errors=True)
     targets = {}
     for q in args.precisions:
         n = f"aelab_{q}"
@@ -497,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_rss_under_2gib": rss[n]["peak_rss_bytes"] < 2 * GIB,
         }
     report = {
-        "benchmark": "text_vae_speed", "host": host_info(),
+        "benchmark": "text_vae_speed", "host": host(),
         "settings": {"data": "fortunes", "train_sentences": len(splits.train), "test_sentences": len(splits.test),
                      "vocab_min_count": args.vocab_min_count, "vocab_size": len(splits.info.vocab),
                      "embed": args.embed, "hidden": args.hidden, "latent": args.latent,

@@ -262,7 +262,7 @@ def test_aggressive_training_updates_the_encoder_ahead_then_stops(fortunes_small
     t.cfg.epochs = 1
     t.total_steps = 4
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    logs = t._train_step(next(iter(t.train_data.get_batch(torch.arange(32)) for _ in [0])))
+    logs = t._train_step(t.train_data.get_batch(torch.arange(32)))
     assert logs["aggressive"] == 1.0 and 3 <= logs["inner_steps"] <= 6
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)

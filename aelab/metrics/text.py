@@ -179,8 +179,8 @@ def text_likelihood(model: Model, data: Split, k: int = 500, limit: int | None =
             iwae, elbo_k = iwae_and_elbo(model, x, k, chunk)
             sums["nll"] -= iwae.double().sum().item()
             sums["neg_elbo"] -= elbo_k.double().sum().item()
-            out = model(x)  # the KL itself (free bits change the loss, not the divergence)
-            sums["kl"] += kl_per_example(out.qz_x, out.pz, out.z).double().sum().item()
+            qz_x = model.encode(x, encoding=False)  # the KL itself (free bits change the loss, not it)
+            sums["kl"] += kl_per_example(qz_x, model.prior(), qz_x.rsample()).double().sum().item()
     out = {"nll": sums["nll"] / n, "ppl": perplexity(sums["nll"], tokens), "tokens": tokens / n}
     if is_vae:
         out |= {f"nll_iwae_k{k}": out["nll"], "neg_elbo": sums["neg_elbo"] / n,
