@@ -2,8 +2,9 @@
 
 The trainer moves a batch to the device with :meth:`Batch.to` and never looks inside; each model
 reads the fields it needs. Images, variable-length token sequences and ``[T, C, H, W]`` sequences
-fit the same structure (a family with more fields subclasses it: :meth:`Batch.to` moves every
-tensor field of any dataclass subclass).
+fit the same structure; generated sequences also carry their true per-step ``state``, for
+evaluation. A family with more fields subclasses it: :meth:`Batch.to` moves every tensor field of
+any dataclass subclass.
 
 Example:
     >>> import torch
@@ -36,6 +37,8 @@ class Batch:
         lengths: the true length of each sequence ``(B,)`` for padded sequences, or ``None``.
         mask: ``True`` where ``x`` holds a real element (e.g. ``(B, T)``), or ``None``.
         cond: what the model is conditioned on (e.g. VQ-VAE-2's top codes for the bottom prior).
+        state: per-step ground truth of a sequence ``(B, T, K)`` (positions of moving digits, an
+            oscillator's position and velocity), for evaluation only: a model never trains on it.
     """
 
     x: Tensor
@@ -43,6 +46,7 @@ class Batch:
     lengths: Tensor | None = None
     mask: Tensor | None = None
     cond: Tensor | None = None
+    state: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -1,4 +1,5 @@
-"""Data sets: Fashion-MNIST, MNIST, dSprites (generated on demand) and the user's own files.
+"""Data sets: Fashion-MNIST, MNIST, dSprites (generated on demand), text, sequences (moving MNIST,
+an oscillator) and the user's own files.
 
 Every data set is registered by name in :data:`aelab.registry.DATASETS` and built through
 :func:`load_data` from a :class:`DataConfig`. A split (:class:`Split`; images:
@@ -15,7 +16,7 @@ Example:
 """
 
 from aelab.batch import Batch
-from aelab.data import download, dsprites, images, local, pinwheel, text  # noqa: F401  (registers the data sets)
+from aelab.data import download, dsprites, images, local, pinwheel, sequences, text  # noqa: F401  (registers the data sets)
 from aelab.data.base import (
     DataConfig,
     DatasetInfo,
@@ -32,6 +33,13 @@ from aelab.data.download import ChecksumError, DownloadError, Resources, downloa
 from aelab.data.dsprites import DSprites, factors_to_index, index_to_factors, render, sample_factors
 from aelab.data.images import parse_idx, read_idx
 from aelab.data.local import read_image_folder, read_npz
+from aelab.data.sequences import (
+    MovingMNIST,
+    OscillatorDynamics,
+    SequenceSplit,
+    kalman_predict,
+    roll_frames,
+)
 
 __all__ = [
     "Batch",
@@ -42,7 +50,10 @@ __all__ = [
     "DatasetInfo",
     "DownloadError",
     "ImageDataset",
+    "MovingMNIST",
+    "OscillatorDynamics",
     "Resources",
+    "SequenceSplit",
     "Split",
     "Subset",
     "TensorImageDataset",
@@ -50,6 +61,7 @@ __all__ = [
     "download_file",
     "factors_to_index",
     "index_to_factors",
+    "kalman_predict",
     "load_data",
     "parse_idx",
     "random_subset_indices",
@@ -57,5 +69,6 @@ __all__ = [
     "read_image_folder",
     "read_npz",
     "render",
+    "roll_frames",
     "sample_factors",
 ]

@@ -192,6 +192,9 @@ class DatasetInfo:
         factor_sizes: The number of values of each factor.
         vocab: For text, the :class:`aelab.data.text.Vocab` built from the training split.
         notes: What loading changed or left out (e.g. sentences truncated), to tell the user.
+        dynamics: For generated sequence data sets, the true parameters of the process (e.g.
+            :class:`aelab.data.sequences.OscillatorDynamics`), for evaluation against the optimal
+            filter; ``None`` otherwise.
     """
 
     name: str
@@ -202,6 +205,7 @@ class DatasetInfo:
     factor_sizes: tuple[int, ...] | None = None
     vocab: Any = None
     notes: tuple[str, ...] = ()
+    dynamics: Any = None
 
 
 @dataclass
@@ -236,6 +240,13 @@ class DataConfig:
         train_subset: Size of a random (seeded) subset of the train split; ``None`` keeps all.
         test_subset: Same for the test split.
         seed: Seed of the subsets and of generated train/test splits.
+        frames: ``moving-mnist`` and ``oscillator``: frames per sequence, at least 2.
+        speed: ``moving-mnist``: pixels per step, the least and the most (inclusive, drawn
+            uniformly per sequence), ``1 <= min <= max``.
+        directions: ``moving-mnist``: ``both`` (drawn per digit), ``left`` or ``right``.
+        digits: ``moving-mnist``: digits per sequence, 1 or 2.
+        sequences: ``oscillator``: number of train sequences; ``None`` means 10,000 (the test
+            split has 1,000).
     """
 
     name: str = "dsprites"
@@ -252,6 +263,11 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     seed: int = 0
+    frames: int = 20
+    speed: tuple[int, int] = (1, 1)
+    directions: str = "both"
+    digits: int = 1
+    sequences: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_len < 1 or self.min_count < 1 or (self.max_vocab is not None and self.max_vocab < 5):
@@ -266,6 +282,19 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"data.{key} must be a positive int or None, got {value}")
+        if self.frames < 2:
+            raise ConfigError(f"data.frames: a sequence needs at least 2 frames, got {self.frames}")
+        if not isinstance(self.speed, (tuple, list)) or len(self.speed) != 2:
+            raise ConfigError(f"data.speed: expected [min, max] pixels per step, got {self.speed!r}")
+        self.speed = (self.speed[0], self.speed[1])
+        if not 1 <= self.speed[0] <= self.speed[1]:
+            raise ConfigError(f"data.speed: expected [min, max] with 1 <= min <= max, got {list(self.speed)}")
+        if self.directions not in ("both", "left", "right"):
+            raise ConfigError(f"data.directions: expected 'both', 'left' or 'right', got {self.directions!r}")
+        if self.digits not in (1, 2):
+            raise ConfigError(f"data.digits: expected 1 or 2 digits per sequence, got {self.digits}")
+        if self.sequences is not None and self.sequences < 1:
+            raise ConfigError(f"data.sequences must be a positive int or None, got {self.sequences}")
 
 
 def default_root() -> Path:
