@@ -94,6 +94,9 @@ class Capabilities:
             ``optimizer_groups``.
         text: the inputs ``batch.x`` are padded token ids ``(B, T)`` (``<pad>`` = 0, each
             sentence ending in ``<eos>``; see :mod:`aelab.data.text`).
+        sequence: the inputs ``batch.x`` are sequences of frames ``(B, T, C, H, W)`` (vectors as
+            ``(B, T, 1, 1, D)``; see :mod:`aelab.data.sequences`), and the model rolls them out:
+            ``rollout(context, steps, samples)``.
     """
 
     reconstruct: bool = False
@@ -104,6 +107,7 @@ class Capabilities:
     images: bool = False
     own_step: bool = False
     text: bool = False
+    sequence: bool = False
 
 
 @dataclass
@@ -317,6 +321,7 @@ _NEEDS = {
     "images": "image inputs",
     "own_step": "training step of its own",
     "text": "token-sequence inputs",
+    "sequence": "sequences of frames to roll out",
 }
 
 

@@ -42,6 +42,9 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
         decoder = kind if kind in ("lstm", "cnn") else "lstm"
         cfg = {"vocab_size": 20, "max_len": 9, "embed_dim": 8, "hidden": 16, "decoder": decoder, "cnn_preset": "small"}
         return cfg if name == "text_lm" else cfg | {"latent_dim": 6, "bow_weight": 0.5, "bow_hidden": 8}
+    if MODELS.get(name).family == "sequence":  # frames of the tiny image shape; kind: the backbone
+        return {"image_shape": TINY_SHAPE, "latent_dim": 3, "belief_dim": 8, "hidden": 8, "max_jump": 2, "pairs": 2,
+                "backbone": {"kind": kind, "hidden": (16,), "channels": (4, 8), "fc": 12}}
     if name == "feature_classifier":  # labels are batch.y (tiny_inputs: class 0 of 3)
         return {"image_shape": TINY_SHAPE, "num_classes": 3, "channels": (4,), "pool": 2, "feature_dim": 8}
     if name in ("vqvae", "vqvae2"):  # spatial code grids: no backbone kind (3 x 2 bottom grid, 1 x 1 top)
@@ -74,6 +77,8 @@ def tiny_inputs(name: str, n: int = 5) -> Batch:
         x[torch.arange(n), lengths - 1] = 3
         x[torch.arange(x.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
         return Batch(x, lengths=lengths)
+    if MODELS.get(name).family == "sequence":  # 4 frames each
+        return Batch(torch.rand(n, 4, *TINY_SHAPE, generator=g))
     return Batch(torch.rand(n, *TINY_SHAPE, generator=g), torch.zeros(n, dtype=torch.long))
 
 

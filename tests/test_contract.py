@@ -33,6 +33,7 @@ CASES = [(m, k) for m in MODELS for k in _kinds(m)]
 #: the image families (declared by their registry entries): their outputs have image shapes
 IMAGE_CASES = [(m, k) for m, k in CASES if aelab.MODELS.get(m).figures == "images"]
 TEXT_CASES = [(m, k) for m, k in CASES if aelab.MODELS.get(m).family == "text"]
+SEQUENCE_CASES = [(m, k) for m, k in CASES if aelab.MODELS.get(m).family == "sequence"]
 
 
 def _case(param: tuple[str, str]) -> tuple[Model, Batch]:
@@ -52,6 +53,11 @@ def image_case(request) -> tuple[Model, Batch]:
 
 @pytest.fixture(params=TEXT_CASES, ids=lambda p: f"{p[0]}-{p[1]}")
 def text_case(request) -> tuple[Model, Batch]:
+    return _case(request.param)
+
+
+@pytest.fixture(params=SEQUENCE_CASES, ids=lambda p: f"{p[0]}-{p[1]}")
+def sequence_case(request) -> tuple[Model, Batch]:
     return _case(request.param)
 
 
@@ -112,6 +118,15 @@ def test_text_models_shapes(text_case):
         assert out.px_z.log_prob(batch.x).shape == (5,)
         rec = model.reconstruct(batch.x)
         assert rec.shape[0] == 5 and rec.shape[1] <= batch.x.shape[1]
+
+
+def test_sequence_models_shapes(sequence_case):
+    """Sequences of frames in, one value per sequence out; rollouts are frames after the context."""
+    model, batch = sequence_case
+    assert model.capabilities.sequence and not model.capabilities.images
+    frames = model.rollout(batch.x[:, :2], [1, 2, 1], samples=3)
+    assert frames.shape == (3, 5, 3, *TINY_SHAPE) and torch.isfinite(frames).all()
+    assert model.sequence_bound(batch.x).per_example.shape == (5,)
 
 
 def test_gradients_reach_every_parameter(case):

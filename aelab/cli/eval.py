@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     per_dim = [v for k, v in results.items() if k.startswith("kl_dim_")]
     if model.capabilities.text:
         print_text_table(cfg, data, names, results, limit)
+    elif model.capabilities.sequence:
+        print_sequence_table(cfg, data, names, results, limit)
     else:
         print_image_table(args, cfg, model, data, names, results, limit)
     if "mutual_info_max" in results:
@@ -94,6 +96,16 @@ def print_text_table(cfg: Any, data: Any, names: list[str], results: dict[str, f
     if "latent_diagnostics" in names:
         print(f"  (kl_total and active_units: latent_diagnostics on all {len(data.test)} test sentences, mutual_info "
               f"on {min(2000, len(data.test))} of them)")
+
+
+def print_sequence_table(cfg: Any, data: Any, names: list[str], results: dict[str, float], limit: int | None) -> None:
+    n = len(data.test) if limit is None else min(limit, len(data.test))
+    print_table(results, f"{cfg.model} on {cfg.data.name} (test split, {len(data.test)} sequences)")
+    print("  (elbo_per_frame: the bound on log p(x_2..x_T | x_1) per frame, nats; recon, kl, transition: its terms "
+          "per frame)")
+    if "rollout" in names:
+        print(f"  (rollout: {n} random test sequences, 10 context frames, one prediction dt steps after the last "
+              "context frame; *_dt{dt} per jump)")
 
 
 def print_image_table(args: argparse.Namespace, cfg: Any, model: Any, data: Any, names: list[str],

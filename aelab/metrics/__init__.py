@@ -1,6 +1,6 @@
 """Metrics: pure functions on arrays/tensors returning ``dict[str, float]``, and wrappers."""
 
-from aelab.metrics import clustering, codebook, disentanglement, evaluation, sparsity, text  # noqa: F401  (registration)
+from aelab.metrics import clustering, codebook, disentanglement, evaluation, sequence, sparsity, text  # noqa: F401  (registration)
 from aelab.metrics.codes import code_likelihood_metric, vq_bits_per_dim
 from aelab.metrics.generative import (
     ClassifierConfig,

@@ -37,6 +37,8 @@ METRIC_NEEDS: dict[str, tuple[str, ...]] = {
     "code_likelihood": ("codes",),
     "text_likelihood": ("text",),
     "text_reconstruction": ("reconstruct", "text"),
+    "sequence_bound": ("sequence",),
+    "rollout": ("sequence",),  # data sets with ground truth: moving-mnist, oscillator
 }
 #: importance samples of the IWAE bound by default: a sentence decoder pass costs far more than an image's
 DEFAULT_K = {"likelihood": 1000, "text_likelihood": 500}
@@ -49,14 +51,19 @@ def _capabilities(model: nn.Module) -> Capabilities:
 def default_metrics(model: nn.Module, info: DatasetInfo) -> list[str]:
     """The metrics ``aelab eval`` runs when none are named.
 
-    Text models: the sentence likelihood (NLL, perplexity), and for text VAEs the latent
-    diagnostics and the greedy reconstructions' token accuracy and BLEU. Image models:
+    Sequence models: the bound per frame, and on data sets with known ground truth (moving MNIST,
+    the oscillator) the scores of jumpy rollouts. Text models: the sentence likelihood (NLL,
+    perplexity), and for text VAEs the latent diagnostics and the greedy reconstructions' token
+    accuracy and BLEU. Image models:
     reconstruction always; for models with discrete codes the codebook usage and, with a code
     prior, the likelihood bound; for models with a continuous prior the likelihood and latent
     diagnostics; a linear probe on labelled data (not for codes: their flattened latents are
     thousands of dimensions wide, slow and memory-hungry for full-batch L-BFGS).
     """
     caps = _capabilities(model)
+    if caps.sequence:  # the rollout scores need a data set whose ground truth it knows
+        known = info.dynamics is not None or (info.factor_names or ())[:2] == ("digit", "direction")
+        return ["sequence_bound"] + (["rollout"] if known else [])
     if caps.text:
         return ["text_likelihood"] + (["latent_diagnostics", "text_reconstruction"] if caps.latent_prior else [])
     names = ["reconstruction"]
@@ -100,6 +107,8 @@ def metric_options(name: str, batch_size: int = 500, k: int | None = None, limit
         return {"k": DEFAULT_K[name] if k is None else k, "limit": limit, "batch_size": 100}
     if name == "text_reconstruction":
         return {"limit": limit, "batch_size": batch_size}
+    if name == "rollout":
+        return {"batch_size": min(batch_size, 200), "limit": limit, "cache_dir": cache_dir}
     if name == "frechet":
         return {"batch_size": batch_size, "n": samples, "classifier_config": classifier_config, "cache_dir": cache_dir}
     return {"batch_size": batch_size}

@@ -9,6 +9,7 @@ from aelab.report.figures import (
     write_run_figures,
 )
 from aelab.report.images import make_grid, save_image_grid
+from aelab.report.sequence import plot_trajectories, rollout_strip, write_rollout
 
 __all__ = [
     "latent_traversal",
@@ -16,7 +17,10 @@ __all__ = [
     "plot_kl_per_dimension",
     "plot_latent_scatter",
     "plot_training_curves",
+    "plot_trajectories",
     "plot_traversal",
+    "rollout_strip",
     "save_image_grid",
+    "write_rollout",
     "write_run_figures",
 ]
