@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _claims import finished, merge, seconds_per_epoch, summarise
 from _host import host_info
 
 from aelab.config import to_dict
@@ -37,7 +37,6 @@ from aelab.io import atomic_write_text
 from aelab.metrics.latent import latent_diagnostics
 from aelab.metrics.text import text_likelihood, text_reconstruction
 from aelab.runs import RunConfig, load_run, train_run
-from aelab.training.trainer import read_metrics
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -91,13 +90,6 @@ LABELS = {
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def run_config(row: str, seed: int, args: argparse.Namespace) -> RunConfig:
     model, overrides = ROWS[row]
     model_cfg = dict(BASE["model"])
@@ -105,7 +97,7 @@ def run_config(row: str, seed: int, args: argparse.Namespace) -> RunConfig:
         model_cfg.pop("latent_dim")
     return RunConfig.from_dict({
         "model": model,
-        "model_config": _merge(model_cfg, overrides),
+        "model_config": merge(model_cfg, overrides),
         "data": dict(BASE["data"], root=str(args.data_dir)),
         "trainer": dict(BASE["trainer"], epochs=args.epochs, seed=seed,
                         **({"max_steps": args.max_steps} if args.max_steps else {})),
@@ -122,19 +114,12 @@ def evaluate(run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     return {k: v for k, v in out.items() if not k.startswith("kl_dim_")}
 
 
-def seconds_per_epoch(run_dir: Path, train_size: int) -> float:
-    """From the logged throughput, which a resumed epoch also gets right (its ``seconds`` cover
-    only the part after the resume)."""
-    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
-    return statistics.mean(train_size / r["samples_per_second"] for r in records)
-
-
 def one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
     row, seed, args = job
     torch.set_num_threads(args.threads)
     run_dir = Path(args.runs) / row / f"seed{seed}"
     t0 = time.perf_counter()
-    done = (run_dir / "metrics.jsonl").is_file() and not args.retrain and _finished(run_dir, args)
+    done = not args.retrain and finished(run_dir, args.epochs)
     cache = run_dir / f"claim_eval_k{args.k}_n{args.eval_limit or 0}.json"
     if done and cache.is_file():
         return json.loads(cache.read_text()) | {"s_per_epoch": seconds_per_epoch(run_dir, FORTUNES_TRAIN)}
@@ -147,25 +132,6 @@ def one(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
               "s_per_epoch": seconds_per_epoch(run_dir, FORTUNES_TRAIN)}
     atomic_write_text(cache, json.dumps(result) + "\n")
     return result
-
-
-def _finished(run_dir: Path, args: argparse.Namespace) -> bool:
-    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
-    return len(records) >= args.epochs
-
-
-def summarise(results: list[dict[str, Any]], rows: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        runs = [r for r in results if r["row"] == row and not r.get("missing")]
-        if not runs:
-            continue
-        keys = [k for k, v in runs[0].items() if isinstance(v, float) and k not in ("seed",)]
-        out[row] = {"label": LABELS[row], "seeds": len(runs)}
-        for k in keys:
-            vals = [r[k] for r in runs if k in r]
-            out[row][k] = {"mean": statistics.mean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-    return out
 
 
 def markdown(summary: dict[str, dict[str, Any]], k: int) -> str:
@@ -235,7 +201,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         results = pool.map(one, jobs, chunksize=1)
-    summary = summarise(results, rows)
+    summary = summarise(results, rows, LABELS)
     protocol = {"base": BASE, "rows": {r: ROWS[r] for r in rows}, "epochs": args.epochs, "max_steps": args.max_steps,
                 "k": args.k, "eval_limit": args.eval_limit, "jobs": args.jobs, "threads": args.threads}
     report = {"host": host_info(args.threads), "protocol": protocol,

@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         for note in trainer.data_info.notes if trainer.data_info is not None else ():
             print(f"note: {note}", flush=True)
         data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
-        what = f" images of shape {shape}" if shape is not None else " examples"
+        what = " examples"
+        if shape is not None:
+            what = f" sequences of shape {shape} (T, C, H, W)" if len(shape) == 4 else f" images of shape {shape}"
         source = f"{cfg.data.name} ({cfg.data.path})" if cfg.data.path else cfg.data.name
         if trainer.resumed_from is not None and trainer.resumed_from >= trainer.total_steps:
             print(f"nothing to do: {run_dir} finished at step {trainer.resumed_from} of {trainer.total_steps}; "

@@ -245,11 +245,11 @@ def rollout_metric(model: nn.Module, splits: DataSplits, **options: Any) -> dict
     scores as ``copy_*``), :func:`oscillator_rollout` on the oscillator (its true dynamics from the
     data set; Kalman filter and copy baselines included)."""
     info = splits.info
+    root, cache_dir = options.pop("root", None), options.pop("cache_dir", None)
     if info.dynamics is not None:
         return oscillator_rollout(model, splits.test, info.dynamics, **options)
     if info.factor_names and info.factor_names[:2] == ("digit", "direction"):
         classifier = options.pop("classifier", None)
-        root, cache_dir = options.pop("root", None), options.pop("cache_dir", None)
         if classifier is None:
             classifier = digit_classifier(root, next(model.parameters()).device, cache_dir)
         copy = moving_mnist_rollout(None, splits.test, classifier, **options)

@@ -2,8 +2,8 @@
 
 * :func:`rollout_strip`: for each sequence, a row of the context and the true future frames, then
   rows of sampled futures (each jump as :meth:`aelab.models.tdvae.TDVAE.rollout` makes it);
-* :func:`plot_trajectories`: for 1-D signals, the observations, the true future and sampled
-  rollouts with their spread (the central 80%) and their mean;
+* :func:`plot_trajectories`: for 1-D signals, the observations, the true state and sampled
+  rollouts (chains of jumps) with their spread (the central 80%) and their mean;
 * ``sequence`` per-epoch figures: one of the two, for a fixed spread of test sequences.
 """
 
@@ -59,23 +59,21 @@ def rollout_strip(model: Model, x: Tensor, context: int, steps: Sequence[int], s
 
 
 @torch.no_grad()
-def plot_trajectories(model: Model, x: Tensor, context: int, horizon: int, samples: int, path: str | Path,
+def plot_trajectories(model: Model, x: Tensor, context: int, steps: Sequence[int], samples: int, path: str | Path,
                       truth: Tensor | None = None, title: str | None = None, level: float = 0.8) -> Path:
     """1-D signals ``x`` ``(B, T, 1, 1, 1)``: one panel per sequence with the observations, the
-    true state (``truth`` ``(B, T)``, optional), and ``samples`` rollouts of 1..``horizon`` steps
-    after the context (each a single jump, :meth:`~aelab.models.tdvae.TDVAE.predict`), their mean
-    and central ``level`` band."""
+    true state (``truth`` ``(B, T)``, optional), and ``samples`` sampled futures after the context,
+    each one chain of jumps by ``steps`` (:meth:`~aelab.models.tdvae.TDVAE.rollout`), with their
+    mean and central ``level`` band."""
     require(model, "sequence", what="a trajectory plot")
     b, t = x.shape[:2]
     obs = x.reshape(b, t, -1)[..., 0].cpu().numpy()
-    ctx = x[:, :context]
-    preds = torch.stack([model.rollout(ctx, [dt], samples)[:, :, 0].reshape(samples, b, -1)[..., 0]
-                         for dt in range(1, horizon + 1)], -1).cpu()  # (S, B, horizon)
+    preds = model.rollout(x[:, :context], steps, samples).reshape(samples, b, len(steps), -1)[..., 0].cpu()
     lo = torch.quantile(preds, (1 - level) / 2, dim=0).numpy()
     hi = torch.quantile(preds, (1 + level) / 2, dim=0).numpy()
     mean = preds.mean(0).numpy()
+    future = np.array([context - 1 + o for o in _offsets(steps)])
     fig = _figure(420 * min(b, 3), 320 * ((b + 2) // 3))
-    future = np.arange(context, context + horizon)
     for i in range(b):
         ax = fig.add_subplot((b + 2) // 3, min(b, 3), i + 1)
         ax.plot(np.arange(t), obs[i], ".", color="0.5", label="observations")
@@ -85,19 +83,19 @@ def plot_trajectories(model: Model, x: Tensor, context: int, horizon: int, sampl
             ax.plot(future, preds[s, i].numpy(), "-", color="tab:blue", lw=0.5, alpha=0.5)
         ax.fill_between(future, lo[i], hi[i], color="tab:blue", alpha=0.2, label=f"central {level:.0%} of rollouts")
         ax.plot(future, mean[i], "-", color="tab:blue", lw=2, label="rollout mean")
-        ax.axvline(context - 0.5, color="tab:red", lw=0.8, ls="--")
+        ax.axvline(context - 1, color="tab:red", lw=0.8, ls="--")
         ax.set_xlabel("step")
         if i == 0:
             ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(title or f"Rollouts after {context} observed steps ({samples} samples, jumps 1..{horizon})",
-                 fontsize=11)
+    jumps = ", ".join(map(str, steps)) if len(set(steps)) > 1 else f"{len(steps)} jumps of {steps[0]}"
+    fig.suptitle(title or f"TD-VAE rollouts after {context} observed steps ({samples} samples; {jumps})", fontsize=11)
     return _save(fig, path)
 
 
 def write_rollout(model: Model, data: Split, path: str | Path, context: int, steps: Sequence[int],
                   samples: int, n: int = 4, seed: int = 0) -> Path:
     """A rollout picture of ``n`` test sequences spread over ``data``: a strip for frames, a
-    trajectory plot for 1-D signals (``steps``' total is the horizon there)."""
+    trajectory plot for 1-D signals."""
     idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
     batch = data.get_batch(idx)
     device = next(model.parameters()).device
@@ -109,7 +107,7 @@ def write_rollout(model: Model, data: Split, path: str | Path, context: int, ste
         torch.manual_seed(seed)
         if x.shape[2:] == (1, 1, 1):
             truth = batch.state[..., 0] if batch.state is not None else None
-            return plot_trajectories(model, x, context, sum(steps), samples, path, truth)
+            return plot_trajectories(model, x, context, steps, samples, path, truth)
         return rollout_strip(model, x, context, steps, samples, path)
 
 

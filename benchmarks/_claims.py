@@ -1,0 +1,48 @@
+"""What the claim benchmarks share: merging nested overrides, finished runs, mean and s.d. per row."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from aelab.training.trainer import read_metrics
+
+
+def merge(a: dict, b: dict) -> dict:
+    """``a`` updated with ``b``, nested dicts merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch evaluation records of a run's ``metrics.jsonl``."""
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    """Whether the run in ``run_dir`` has logged all ``epochs`` epochs."""
+    return (run_dir / "metrics.jsonl").is_file() and len(test_records(run_dir)) >= epochs
+
+
+def seconds_per_epoch(run_dir: Path, train_size: int) -> float:
+    """From the logged throughput, which a resumed epoch also gets right (its ``seconds`` cover
+    only the part after the resume)."""
+    return statistics.mean(train_size / r["samples_per_second"] for r in test_records(run_dir))
+
+
+def summarise(results: list[dict[str, Any]], rows: list[str], labels: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per row: its label, the number of seeds, and the mean and s.d. of every float result."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        runs = [r for r in results if r["row"] == row and not r.get("missing")]
+        if not runs:
+            continue
+        keys = [k for k, v in runs[0].items() if isinstance(v, float) and k not in ("seed",)]
+        out[row] = {"label": labels[row], "seeds": len(runs)}
+        for k in keys:
+            vals = [r[k] for r in runs if k in r]
+            out[row][k] = {"mean": statistics.mean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
