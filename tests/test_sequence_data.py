@@ -299,6 +299,7 @@ def test_user_sequences_need_a_path():
     ({"directions": "up"}, "data.directions"),
     ({"digits": 3}, "data.digits"),
     ({"sequences": 0}, "data.sequences"),
+    ({"start": "middle"}, "data.start"),
 ])
 def test_data_config_validates_sequence_fields(kwargs, field):
     with pytest.raises(ConfigError, match=field):
@@ -308,3 +309,18 @@ def test_data_config_validates_sequence_fields(kwargs, field):
 def test_moving_mnist_speed_below_the_width(shared_data):
     with pytest.raises(ConfigError, match="data.speed"):
         load_data(DataConfig(name="moving-mnist", speed=(1, 28)))
+
+
+def test_moving_mnist_random_start_shifts_frame_zero(shared_data):
+    """``data.start=random``: frame 0 is the stored digit rolled by a uniform offset (the state
+    says by how much); the motion after it is unchanged, and the default start is zero."""
+    zero = load_data(DataConfig(name="moving-mnist", frames=6, test_subset=300)).test
+    rand = load_data(DataConfig(name="moving-mnist", frames=6, start="random", test_subset=300)).test
+    idx = torch.arange(300)
+    a, b = zero.get_batch(idx), rand.get_batch(idx)
+    assert (a.state[:, 0] == 0).all() and torch.equal(a.y, b.y)
+    offsets = b.state[:, 0, 0].long()
+    assert len(offsets.unique()) > 20  # spread over the 28 columns
+    assert torch.equal(b.x[:, :, 0], roll_frames(a.x[:, 0, 0], offsets.unsqueeze(1) + (b.state[:, :, 0] - offsets
+                                                                                     .unsqueeze(1)).long()))
+    torch.testing.assert_close((b.state - b.state[:, :1]).remainder(28), a.state.remainder(28))

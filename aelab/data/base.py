@@ -245,6 +245,8 @@ class DataConfig:
             uniformly per sequence), ``1 <= min <= max``.
         directions: ``moving-mnist``: ``both`` (drawn per digit), ``left`` or ``right``.
         digits: ``moving-mnist``: digits per sequence, 1 or 2.
+        start: ``moving-mnist``: ``zero`` (frame 0 shows each digit where MNIST has it, the public
+            protocol) or ``random`` (a uniform initial shift per digit).
         sequences: ``oscillator``: number of train sequences; ``None`` means 10,000 (the test
             split has 1,000).
     """
@@ -267,6 +269,7 @@ class DataConfig:
     speed: tuple[int, int] = (1, 1)
     directions: str = "both"
     digits: int = 1
+    start: str = "zero"
     sequences: int | None = None
 
     def __post_init__(self) -> None:
@@ -291,6 +294,8 @@ class DataConfig:
             raise ConfigError(f"data.speed: expected [min, max] with 1 <= min <= max, got {list(self.speed)}")
         if self.directions not in ("both", "left", "right"):
             raise ConfigError(f"data.directions: expected 'both', 'left' or 'right', got {self.directions!r}")
+        if self.start not in ("zero", "random"):
+            raise ConfigError(f"data.start: expected 'zero' or 'random', got {self.start!r}")
         if self.digits not in (1, 2):
             raise ConfigError(f"data.digits: expected 1 or 2 digits per sequence, got {self.digits}")
         if self.sequences is not None and self.sequences < 1:

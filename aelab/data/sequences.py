@@ -165,8 +165,9 @@ class MovingMNIST(Split):
     """Binarised MNIST digits moving horizontally with wrap-around, rendered per batch.
 
     Sequence ``i`` shows digit ``digit[i, d]`` (for each of its ``D`` digits) rolled right by
-    ``(2 direction - 1) * speed * t`` pixels at frame ``t``: frame 0 is the digit as stored, a
-    ``direction`` of 0 moves it left and 1 right. Two digits are overlaid with ``max``. The split
+    ``offset + (2 direction - 1) * speed * t`` pixels at frame ``t``: with ``offset`` 0 (the
+    default, the public protocol) frame 0 is the digit as stored; a ``direction`` of 0 moves it
+    left and 1 right. Two digits are overlaid with ``max``. The split
     holds the digits it uses and ``3 D`` integers per sequence, never the frames.
 
     ``get_batch`` returns ``x`` float32 binary frames ``(B, T, 1, H, W)``, ``y`` int64
@@ -181,6 +182,7 @@ class MovingMNIST(Split):
         direction: ``(N, D)``, 0 (left) or 1 (right).
         speed: pixels per step ``(N, D)``, positive.
         frames: frames per sequence ``T``.
+        offset: the shift of frame 0 ``(N, D)`` in pixels (``None``: 0).
 
     Example:
         >>> img = torch.zeros(2, 4, 6, dtype=torch.uint8)
@@ -192,7 +194,7 @@ class MovingMNIST(Split):
     """
 
     def __init__(self, images: Tensor, labels: Tensor, digit: Tensor, direction: Tensor, speed: Tensor,
-                 frames: int) -> None:
+                 frames: int, offset: Tensor | None = None) -> None:
         if images.dim() != 3 or labels.shape != images.shape[:1]:
             raise ValueError(f"images must be (M, H, W) with labels (M,), got {tuple(images.shape)} and "
                              f"{tuple(labels.shape)}")
@@ -204,12 +206,15 @@ class MovingMNIST(Split):
         self.images = images.to(torch.uint8)
         self.labels = labels.long()
         self.digit, self.direction, self.speed = digit.long(), direction.long(), speed.long()
+        self.offset = torch.zeros_like(self.digit) if offset is None else offset.long()
+        if self.offset.shape != self.digit.shape:
+            raise ValueError(f"offset must have the shape (N, D) of digit, got {tuple(self.offset.shape)}")
         self.frames = int(frames)
         self.shape = (self.frames, 1, int(images.shape[1]), int(images.shape[2]))
 
     @classmethod
     def generate(cls, images: Tensor, labels: Tensor, frames: int = 20, speed: tuple[int, int] = (1, 1),
-                 directions: str = "both", digits: int = 1, seed: int = 0) -> MovingMNIST:
+                 directions: str = "both", digits: int = 1, seed: int = 0, start: str = "zero") -> MovingMNIST:
         """One sequence per digit of ``images``, its motion drawn from a generator seeded with ``seed``.
 
         Sequence ``i`` moves digit ``i``; with ``digits=2`` its second digit is entry ``i`` of a
@@ -225,6 +230,8 @@ class MovingMNIST(Split):
             directions: ``both``, ``left`` or ``right``.
             digits: 1 or 2 digits per sequence.
             seed: seeds the draws.
+            start: ``zero``: frame 0 shows each digit where it is stored (the public protocol);
+                ``random``: each digit starts shifted by a uniform number of pixels.
         """
         if directions not in ("both", "left", "right"):
             raise ValueError(f"directions must be 'both', 'left' or 'right', got {directions!r}")
@@ -239,7 +246,10 @@ class MovingMNIST(Split):
         else:
             direction = torch.full((n, digits), int(directions == "right"), dtype=torch.long)
         pixels = torch.randint(speed[0], speed[1] + 1, (n, digits), generator=g)
-        return cls(images, labels, digit, direction, pixels, frames)
+        if start not in ("zero", "random"):
+            raise ValueError(f"start must be 'zero' or 'random', got {start!r}")
+        offset = torch.randint(0, int(images.shape[-1]), (n, digits), generator=g) if start == "random" else None
+        return cls(images, labels, digit, direction, pixels, frames, offset)
 
     def __len__(self) -> int:
         return int(self.digit.shape[0])
@@ -247,7 +257,7 @@ class MovingMNIST(Split):
     def shifts(self, idx: Tensor) -> Tensor:
         """Each digit's shift in pixels (right positive, not wrapped) at each frame: int64 ``(B, D, T)``."""
         velocity = (2 * self.direction.index_select(0, idx) - 1) * self.speed.index_select(0, idx)  # (B, D)
-        return velocity.unsqueeze(-1) * torch.arange(self.frames)  # (B, D, T)
+        return self.offset.index_select(0, idx).unsqueeze(-1) + velocity.unsqueeze(-1) * torch.arange(self.frames)
 
     def get_batch(self, idx: Tensor) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -267,7 +277,7 @@ class MovingMNIST(Split):
         # keep only the digits the subset shows
         used, digit = torch.unique(self.digit[idx], return_inverse=True)
         return MovingMNIST(self.images[used], self.labels[used], digit.view(len(idx), -1), self.direction[idx],
-                           self.speed[idx], self.frames)
+                           self.speed[idx], self.frames, self.offset[idx])
 
     def __repr__(self) -> str:
         return f"MovingMNIST(n={len(self)}, shape={self.shape}, digits={self.digit.shape[1]})"
@@ -278,7 +288,8 @@ def build_moving_mnist(cfg: DataConfig) -> DataSplits:
     """Moving MNIST: binarised mnist-10k digits moving horizontally with wrap-around (8,000 / 2,000).
 
     ``data.frames`` frames of 28x28, ``data.speed`` pixels per step, ``data.directions``,
-    ``data.digits`` (1 or 2); labels ``[class, direction, speed]`` per digit, ``state`` the
+    ``data.digits`` (1 or 2), ``data.start`` (``zero``: frame 0 is the stored digit, the public
+    protocol; ``random``: a uniform initial shift); labels ``[class, direction, speed]`` per digit, ``state`` the
     shifts.
     """
     digits = load_data(DataConfig(name="mnist-10k", root=cfg.root))
@@ -290,7 +301,7 @@ def build_moving_mnist(cfg: DataConfig) -> DataSplits:
             raise ConfigError(f"data.speed: at most {width - 1} pixels per step (a digit moving by the frame "
                               f"width {width} would stand still), got {list(cfg.speed)}")
         out[split] = MovingMNIST.generate(images, ds.y, cfg.frames, cfg.speed, cfg.directions, cfg.digits,
-                                          _split_seed(cfg.seed, split))
+                                          _split_seed(cfg.seed, split), cfg.start)
     names = ("digit", "direction", "speed")
     sizes = (10, 2, cfg.speed[1] + 1)  # speed is stored in pixels: its values lie in [0, max]
     info = DatasetInfo(
