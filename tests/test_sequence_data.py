@@ -300,6 +300,7 @@ def test_user_sequences_need_a_path():
     ({"digits": 3}, "data.digits"),
     ({"sequences": 0}, "data.sequences"),
     ({"start": "middle"}, "data.start"),
+    ({"digit_source": "fashion-mnist"}, "data.digit_source"),
 ])
 def test_data_config_validates_sequence_fields(kwargs, field):
     with pytest.raises(ConfigError, match=field):
@@ -324,3 +325,8 @@ def test_moving_mnist_random_start_shifts_frame_zero(shared_data):
     assert torch.equal(b.x[:, :, 0], roll_frames(a.x[:, 0, 0], offsets.unsqueeze(1) + (b.state[:, :, 0] - offsets
                                                                                      .unsqueeze(1)).long()))
     torch.testing.assert_close((b.state - b.state[:, :1]).remainder(28), a.state.remainder(28))
+
+
+def test_moving_mnist_from_the_official_mnist_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist not found: looked for .*data.download=true"):
+        load_data(DataConfig(name="moving-mnist", digit_source="mnist", root=str(tmp_path)))

@@ -245,6 +245,8 @@ class DataConfig:
             uniformly per sequence), ``1 <= min <= max``.
         directions: ``moving-mnist``: ``both`` (drawn per digit), ``left`` or ``right``.
         digits: ``moving-mnist``: digits per sequence, 1 or 2.
+        digit_source: ``moving-mnist``: the digits' data set, ``mnist-10k`` (the shared 8k/2k
+            subset) or ``mnist`` (the official 60k/10k split; ``data.download`` fetches it).
         start: ``moving-mnist``: ``zero`` (frame 0 shows each digit where MNIST has it, the public
             protocol) or ``random`` (a uniform initial shift per digit).
         sequences: ``oscillator``: number of train sequences; ``None`` means 10,000 (the test
@@ -269,6 +271,7 @@ class DataConfig:
     speed: tuple[int, int] = (1, 1)
     directions: str = "both"
     digits: int = 1
+    digit_source: str = "mnist-10k"
     start: str = "zero"
     sequences: int | None = None
 
@@ -294,6 +297,8 @@ class DataConfig:
             raise ConfigError(f"data.speed: expected [min, max] with 1 <= min <= max, got {list(self.speed)}")
         if self.directions not in ("both", "left", "right"):
             raise ConfigError(f"data.directions: expected 'both', 'left' or 'right', got {self.directions!r}")
+        if self.digit_source not in ("mnist-10k", "mnist"):
+            raise ConfigError(f"data.digit_source: expected 'mnist-10k' or 'mnist', got {self.digit_source!r}")
         if self.start not in ("zero", "random"):
             raise ConfigError(f"data.start: expected 'zero' or 'random', got {self.start!r}")
         if self.digits not in (1, 2):

@@ -285,14 +285,15 @@ class MovingMNIST(Split):
 
 @DATASETS.register("moving-mnist")
 def build_moving_mnist(cfg: DataConfig) -> DataSplits:
-    """Moving MNIST: binarised mnist-10k digits moving horizontally with wrap-around (8,000 / 2,000).
+    """Moving MNIST: binarised MNIST digits moving horizontally with wrap-around (one sequence a digit
+    of ``data.digit_source``: ``mnist-10k``, 8,000 / 2,000, or the official ``mnist``, 60,000 / 10,000).
 
     ``data.frames`` frames of 28x28, ``data.speed`` pixels per step, ``data.directions``,
     ``data.digits`` (1 or 2), ``data.start`` (``zero``: frame 0 is the stored digit, the public
     protocol; ``random``: a uniform initial shift); labels ``[class, direction, speed]`` per digit, ``state`` the
     shifts.
     """
-    digits = load_data(DataConfig(name="mnist-10k", root=cfg.root))
+    digits = load_data(DataConfig(name=cfg.digit_source, root=cfg.root, download=cfg.download))
     out = {}
     for split, ds in (("train", digits.train), ("test", digits.test)):
         images = (ds.x[:, 0] > 127).to(torch.uint8)  # (M, 28, 28)
