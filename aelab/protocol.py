@@ -96,7 +96,7 @@ class Capabilities:
             sentence ending in ``<eos>``; see :mod:`aelab.data.text`).
         sequence: the inputs ``batch.x`` are sequences of frames ``(B, T, C, H, W)`` (vectors as
             ``(B, T, 1, 1, D)``; see :mod:`aelab.data.sequences`), and the model rolls them out:
-            ``rollout(context, steps, samples)``.
+            ``rollout(context, steps, samples)``, jumping at most ``max_jump`` steps at a time.
     """
 
     reconstruct: bool = False

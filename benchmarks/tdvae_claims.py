@@ -44,16 +44,17 @@ from aelab.metrics.sequence import digit_classifier, moving_mnist_rollout, oscil
 from aelab.runs import RunConfig, load_run, train_run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRAINER = {"batch_size": 64, "lr": 1e-3, "eval_limit": 500, "progress": False, "images": True, "log_every": 50}
+TRAINER = {"batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine", "eval_limit": 500, "progress": False,
+           "images": False, "log_every": 50}
 MNIST = {"data": {"name": "moving-mnist", "frames": 20}, "model": {}}
 OSCILLATOR = {"data": {"name": "oscillator", "frames": 30},
               "model": {"backbone": {"hidden": [32]}, "belief_dim": 64, "hidden": 64, "latent_dim": 4,
                         "likelihood": {"name": "gaussian", "learn_scale": True}}}
 #: row -> (data and model settings, model overrides, training epochs)
 ROWS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
-    "tdvae": (MNIST, {"max_jump": 5}, 50),
-    "onestep": (MNIST, {"max_jump": 1}, 50),
-    "oscillator": (OSCILLATOR, {"max_jump": 10}, 30),
+    "tdvae": (MNIST, {"max_jump": 5}, 100),
+    "onestep": (MNIST, {"max_jump": 1}, 100),
+    "oscillator": (OSCILLATOR, {"max_jump": 10}, 150),
 }
 LABELS = {"tdvae": "TD-VAE (jumps 1..5)", "onestep": "one-step model, stepped dt times",
           "oscillator": "TD-VAE (jumps 1..10)"}

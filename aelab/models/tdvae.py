@@ -193,6 +193,11 @@ class TDVAE(Model):
                                     "transition": (AuxLoss("transition"), 1.0)})
 
     @property
+    def max_jump(self) -> int:
+        """The longest jump of one transition (longer predictions chain jumps: :meth:`predict`)."""
+        return self.config.max_jump
+
+    @property
     def state_dim(self) -> int:
         """Size of the whole latent state ``z_t`` (all layers)."""
         return self.config.latent_dim * self.config.layers

@@ -305,7 +305,8 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
 
     Panels (each only where the log has the data): the objective (train loss, raw and smoothed,
     and the train reconstruction term, smoothed; test loss, negative ELBO and NLL: IWAE, or exact
-    for a language model), the latent diagnostics (train KL, smoothed; test KL, mutual information;
+    for a language model; a sequence model's -ELBO per frame), the latent diagnostics (train KL,
+    smoothed; test KL, mutual information;
     active units on a second axis), the test perplexity (text runs) and the test reconstruction
     error. 600 px high, 520 px per panel.
     """
@@ -347,7 +348,10 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
                 s, v = series(test, key)
                 if len(s):
                     handles += ax.plot(s, v, "o-", color=color, ms=4, label=label)
-            ax.set_ylabel("nats per example")
+            s, v = series(test, "elbo_per_frame")  # sequence models: the bound per frame, as a loss
+            if len(s):
+                handles += ax.plot(s, -v, "o-", color="tab:green", ms=4, label="test −ELBO per frame (all pairs)")
+            ax.set_ylabel("nats per example (sequences: per frame)" if len(s) else "nats per example")
             ax.set_title("objective")
         elif panel == "latent":
             s, v = series(train, "kl")
@@ -355,6 +359,7 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
                 ax.plot(s, v, color="tab:pink", alpha=0.25, lw=1)
                 handles += ax.plot(s, _smooth(v), color="tab:pink", lw=1.5, label="train KL (batches, smoothed)")
             for key, color, label in [("kl_total", "tab:purple", "KL(q(z|x) ‖ p(z))"),
+                                      ("kl", "tab:purple", "test KL term"),
                                       ("mutual_info", "tab:brown", "mutual information I(x; z)")]:
                 s, v = series(test, key)
                 if len(s):
