@@ -60,6 +60,10 @@ def tiny_overrides(name: str, kind: str = "mlp") -> dict:
         cfg |= {"k": 2, "k_start": 5, "k_steps": 10, "alpha": 2.0}
     if name == "iaf_vae":
         cfg |= {"flow_hidden": 16, "context_dim": 4}
+    if name == "factor_vae":
+        cfg |= {"discriminator_hidden": (16, 16)}
+    if name == "annealed_vae":  # the capacity reaches c_max by step 10 (train_steps trains at step 100)
+        cfg |= {"c_max": 2.0, "c_steps": 10}
     return cfg
 
 

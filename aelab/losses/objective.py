@@ -6,6 +6,7 @@ The batch mean is taken here and only here, so every term is written per example
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import torch
@@ -21,6 +22,15 @@ class Term(Protocol):
     def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor: ...
 
 
+class StepTerm(ABC):
+    """A term that depends on the training step itself, not only through its weight (e.g. a
+    target that is a schedule of the step): called as ``term(out, model, step)``, ``step=None``
+    at evaluation (schedules at their final value)."""
+
+    @abstractmethod
+    def __call__(self, out: ModelOutput, model: nn.Module, step: int | None) -> Tensor: ...
+
+
 class Objective:
     """``loss = mean_b sum_t w_t(step) * term_t(out)_b``.
 
@@ -28,7 +38,8 @@ class Objective:
     computed for the logs otherwise (evaluation under ``no_grad``).
 
     Args:
-        terms: name -> (term, weight); a weight is a number or a schedule of the step.
+        terms: name -> (term, weight); a weight is a number or a schedule of the step. A
+            :class:`StepTerm` is also handed the step.
 
     Example:
         >>> from aelab.losses.terms import ReconstructionNLL
@@ -37,8 +48,8 @@ class Objective:
         ['recon']
     """
 
-    def __init__(self, terms: dict[str, tuple[Term, Schedule | float]]) -> None:
-        self.terms: dict[str, tuple[Term, Schedule]] = {
+    def __init__(self, terms: dict[str, tuple[Term | StepTerm, Schedule | float]]) -> None:
+        self.terms: dict[str, tuple[Term | StepTerm, Schedule]] = {
             name: (term, constant(float(w)) if isinstance(w, (int, float)) else w)
             for name, (term, w) in terms.items()
         }
@@ -54,7 +65,7 @@ class Objective:
             w = weight(step)
             if w == 0.0 and training:
                 continue  # a switched-off term costs nothing in the training step; evaluation logs it
-            value = term(out, model)
+            value = term(out, model, step) if isinstance(term, StepTerm) else term(out, model)
             logs[name] = value.detach().mean()
             if w != 0.0:
                 weighted = value if w == 1.0 else w * value

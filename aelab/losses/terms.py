@@ -7,8 +7,11 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, kl_divergence
+from torch.func import functional_call
 
+from aelab.losses.objective import StepTerm
 from aelab.outputs import ModelOutput
+from aelab.schedules import Schedule
 
 
 class ReconstructionNLL:
@@ -291,3 +294,247 @@ def minibatch_mutual_information(qz_x: Distribution, z: Tensor) -> Tensor:
     metric :func:`aelab.metrics.latent.mutual_information` is the same estimate over a split.
     """
     return (qz_x.log_prob(z) - aggregate_log_density(qz_x, z)).mean()
+
+
+# --- the regularisers of the disentanglement_lib study ------------------------------------------
+
+def kl_decomposition(qz_x: Distribution, z: Tensor, pz: Distribution,
+                     dataset_size: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """The KL term split into index-code MI, total correlation and dimension-wise KL, per example.
+
+    With ``B`` factorised posteriors ``q(z|x_j)`` and one sample ``z_i ~ q(z|x_i)`` each, the
+    aggregate posterior and its marginals are estimated on the batch,
+    ``log q(z_i) = logsumexp_j log q(z_i|x_j) - log M`` and
+    ``log q(z_il) = logsumexp_j log q(z_il|x_j) - log M``, and
+
+    - ``mi_i = log q(z_i|x_i) - log q(z_i)`` (index-code mutual information),
+    - ``tc_i = log q(z_i) - sum_l log q(z_il)`` (total correlation),
+    - ``dim_kl_i = sum_l log q(z_il) - log p(z_i)`` (dimension-wise KL when p factorises),
+
+    so ``mi + tc + dim_kl = log q(z_i|x_i) - log p(z_i)`` exactly, a one-sample estimate of the
+    KL term. ``dataset_size=0``: ``M = B``, q(z) is the minibatch mixture
+    ``1/B sum_j q(z|x_j)``, and each part is an unbiased estimate of that mixture's MI, TC and
+    dimension-wise KL (the TC is >= 0 in expectation). ``dataset_size=N``: ``M = N B``, Chen et
+    al.'s minibatch-weighted sampling (MWS) as written in their paper and code. The normaliser is
+    a constant: it moves the values (TC by ``(D - 1) log N``), never the gradients.
+    disentanglement_lib's ``total_correlation`` drops it altogether (its value is this TC minus
+    ``(D - 1) log B``).
+
+    Args:
+        qz_x: ``Independent`` over the last dimension, batch shape ``(B,)``.
+        z: samples ``(B, D)``, ``z_i`` from ``q(z|x_i)``.
+        pz: the prior.
+        dataset_size: N for the MWS normaliser; 0 for the minibatch mixture.
+
+    Returns:
+        ``(mi, tc, dim_kl)``, each ``(B,)``.
+
+    References:
+        Chen, Li, Grosse & Duvenaud, "Isolating Sources of Disentanglement in Variational
+        Autoencoders", NeurIPS 2018; Hoffman & Johnson, "ELBO surgery", NeurIPS workshop 2016.
+
+    Example:
+        >>> from torch.distributions import Normal
+        >>> q = Independent(Normal(torch.randn(8, 3), torch.ones(8, 3)), 1)
+        >>> p = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+        >>> z = q.sample()
+        >>> mi, tc, dim_kl = kl_decomposition(q, z, p)
+        >>> torch.allclose(mi + tc + dim_kl, q.log_prob(z) - p.log_prob(z), atol=1e-5)
+        True
+    """
+    if not (isinstance(qz_x, Independent) and qz_x.reinterpreted_batch_ndims == 1 and z.dim() == 2):
+        raise ValueError(f"the KL decomposition needs a factorised q(z|x) (Independent over the last dimension) "
+                         f"and codes (B, D); got {type(qz_x).__name__} and codes {tuple(z.shape)}")
+    if dataset_size < 0:
+        raise ValueError(f"dataset_size must be >= 0 (0: the minibatch mixture), got {dataset_size}")
+    b = z.shape[0]
+    log_norm = math.log(b * dataset_size) if dataset_size else math.log(b)
+    log_q = qz_x.base_dist.log_prob(z[:, None])  # (B_i, B_j, D): log q(z_il | x_j)
+    log_qz = torch.logsumexp(log_q.sum(-1), dim=1) - log_norm  # (B,)
+    log_qz_dims = (torch.logsumexp(log_q, dim=1) - log_norm).sum(-1)  # (B,): sum_l log q(z_il)
+    return qz_x.log_prob(z) - log_qz, log_qz - log_qz_dims, log_qz_dims - pz.log_prob(z)
+
+
+class KLDecomposition:
+    """One part of the KL decomposition of :func:`kl_decomposition`, per example.
+
+    beta-TCVAE weights the ``tc`` part by ``beta - 1`` on top of the VAE's KL; the other parts,
+    at weight 0, are computed for the evaluation logs only.
+
+    Args:
+        part: ``mi``, ``tc`` or ``dim_kl``.
+        dataset_size: 0 (the minibatch mixture) or N (minibatch-weighted sampling); see
+            :func:`kl_decomposition`.
+
+    References:
+        Chen, Li, Grosse & Duvenaud, "Isolating Sources of Disentanglement in Variational
+        Autoencoders", NeurIPS 2018.
+    """
+
+    PARTS = ("mi", "tc", "dim_kl")
+
+    def __init__(self, part: str = "tc", dataset_size: int = 0) -> None:
+        if part not in self.PARTS:
+            raise ValueError(f"part must be one of {', '.join(self.PARTS)}, got {part!r}")
+        if dataset_size < 0:
+            raise ValueError(f"dataset_size must be >= 0 (0: the minibatch mixture), got {dataset_size}")
+        self.part, self.dataset_size = part, dataset_size
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        if out.pz is None:
+            raise ValueError("the KL decomposition needs a model with a prior")
+        parts = kl_decomposition(out.qz_x, out.z, out.pz, self.dataset_size)
+        return parts[self.PARTS.index(self.part)]
+
+
+def permute_dims(z: Tensor) -> Tensor:
+    """Each column of ``z`` ``(B, D)`` shuffled across the batch by a permutation of its own.
+
+    Rows of the result are samples of the product of the marginals ``prod_l q(z_l)`` when the
+    rows of ``z`` are samples of ``q(z)``. Draws from torch's RNG (saved with a checkpoint).
+
+    References:
+        Kim & Mnih, "Disentangling by Factorising", ICML 2018 (Algorithm 1).
+
+    Example:
+        >>> z = torch.arange(12.0).view(4, 3)
+        >>> bool((permute_dims(z).sort(0).values == z).all())
+        True
+    """
+    order = torch.rand(z.shape, device=z.device).argsort(0)  # (B, D): an independent permutation per column
+    return z.gather(0, order)
+
+
+def frozen_call(module: nn.Module, *args: Tensor) -> Tensor:
+    """``module(*args)`` with the module's parameters detached: gradients reach the inputs only."""
+    return functional_call(module, {k: v.detach() for k, v in module.named_parameters()}, args)
+
+
+class DensityRatioTC:
+    """FactorVAE's total-correlation estimate: a discriminator's logit at the posterior samples.
+
+    A discriminator trained to tell samples of ``q(z)`` (label 1) from samples of
+    ``prod_l q(z_l)`` (label 0) has logit ``d(z) = log D(z) / (1 - D(z)) ~ log q(z) / prod_l
+    q(z_l)``, so ``mean_i d(z_i)`` estimates ``TC = KL(q(z) || prod_l q(z_l))`` (the
+    density-ratio trick). The discriminator's parameters are detached here: this term trains the
+    encoder, never the discriminator (that is :class:`DiscriminatorLoss`'s job).
+
+    Args:
+        discriminator: maps codes ``(B, D)`` to one logit each ``(B, 1)``.
+
+    References:
+        Kim & Mnih, "Disentangling by Factorising", ICML 2018; disentanglement_lib's two-logit
+        form ``logits[:, 0] - logits[:, 1]`` is this logit.
+    """
+
+    def __init__(self, discriminator: nn.Module) -> None:
+        self.discriminator = discriminator
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        return frozen_call(self.discriminator, out.z)[:, 0]
+
+
+class DiscriminatorLoss:
+    """FactorVAE's discriminator loss, per example:
+    ``0.5 * (-log sigmoid(d(z_i)) - log(1 - sigmoid(d(z~_i))))``.
+
+    ``z`` are the batch's posterior samples (samples of q(z)) and ``z~ =``
+    :func:`permute_dims` of them (samples of ``prod_l q(z_l)``), the same batch's codes
+    permuted, as disentanglement_lib does (Kim & Mnih permute a second batch's codes). The
+    codes are detached: this term trains the discriminator, never the encoder. Its batch mean
+    is disentanglement_lib's ``-discriminator_loss``.
+
+    Args:
+        discriminator: maps codes ``(B, D)`` to one logit each ``(B, 1)``.
+
+    References:
+        Kim & Mnih, "Disentangling by Factorising", ICML 2018.
+    """
+
+    def __init__(self, discriminator: nn.Module) -> None:
+        self.discriminator = discriminator
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        z = out.z.detach()
+        real = self.discriminator(z)[:, 0]
+        fake = self.discriminator(permute_dims(z))[:, 0]
+        # -log sigmoid(a) = softplus(-a), -log(1 - sigmoid(a)) = softplus(a)
+        return 0.5 * (nn.functional.softplus(-real) + nn.functional.softplus(fake))
+
+
+def dip_covariance(qz_x: Distribution, kind: str) -> Tensor:
+    """DIP-VAE's covariance ``(D, D)`` on a batch: ``Cov[mu(x)]`` (``kind="i"``) or the covariance
+    of q(z), ``E[Cov_q(z|x)] + Cov[mu(x)]`` (``kind="ii"``), expectations over the batch (divided
+    by B, as disentanglement_lib does)."""
+    if kind not in ("i", "ii"):
+        raise ValueError(f"DIP-VAE kind must be 'i' or 'ii', got {kind!r}")
+    mu = qz_x.mean  # (B, D)
+    centred = mu - mu.mean(0)
+    cov = centred.T @ centred / mu.shape[0]
+    if kind == "ii":
+        cov = cov + torch.diag(qz_x.variance.mean(0))  # a factorised q(z|x): diagonal covariances
+    return cov
+
+
+class DIPCovariancePenalty:
+    """One half of DIP-VAE's moment matching of a covariance C to the identity (a batch-level penalty).
+
+    ``off_diagonal``: ``sum_{i != j} C_ij^2``; ``diagonal``: ``sum_i (C_ii - 1)^2``; the model
+    weights them by ``lambda_od`` and ``lambda_d``. C is :func:`dip_covariance`. Returned
+    broadcast to ``(B,)`` so the objective's batch mean gives it back unchanged.
+
+    Args:
+        kind: ``i`` (the covariance of the encoder means) or ``ii`` (the covariance of q(z)).
+        part: ``off_diagonal`` or ``diagonal``.
+
+    References:
+        Kumar, Sattigeri & Balakrishnan, "Variational Inference of Disentangled Latent Concepts
+        from Unlabeled Observations", ICLR 2018 (equations 6 and 7).
+    """
+
+    def __init__(self, kind: str = "i", part: str = "off_diagonal") -> None:
+        if kind not in ("i", "ii"):
+            raise ValueError(f"DIP-VAE kind must be 'i' or 'ii', got {kind!r}")
+        if part not in ("off_diagonal", "diagonal"):
+            raise ValueError(f"part must be 'off_diagonal' or 'diagonal', got {part!r}")
+        self.kind, self.part = kind, part
+
+    def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
+        cov = dip_covariance(out.qz_x, self.kind)
+        diag = cov.diagonal()
+        off = self.part == "off_diagonal"
+        value = (cov - torch.diag(diag)).pow(2).sum() if off else (diag - 1.0).pow(2).sum()
+        return value.expand(out.z.shape[0])
+
+
+class CapacityKL(StepTerm):
+    """The controlled-capacity penalty ``|mean_b KL(q(z|x_b) || p(z)) - C(step)|``.
+
+    The capacity ``C`` is a schedule of the step (linear from 0 to ``c_max`` in Burgess et al.),
+    at its final value at evaluation. As in disentanglement_lib the absolute value is taken of
+    the batch-mean KL; the per-example values returned, ``s * (KL_b - C)`` with
+    ``s = sign(mean_b KL_b - C)`` (no gradient), average to it exactly and have its gradient.
+
+    Args:
+        capacity: ``C`` as a schedule of the step, in nats.
+        monte_carlo: use the sampled KL even where an analytic KL exists.
+
+    References:
+        Burgess et al., "Understanding disentangling in beta-VAE", NeurIPS workshop 2017
+        (arXiv:1804.03599, equation 8).
+
+    Example:
+        >>> from aelab.schedules import parse_schedule
+        >>> term = CapacityKL(parse_schedule("linear(0, 25, 1000)"))
+        >>> term.capacity(500), term.capacity(None)
+        (12.5, 25.0)
+    """
+
+    def __init__(self, capacity: Schedule, monte_carlo: bool = False) -> None:
+        self.capacity, self.monte_carlo = capacity, monte_carlo
+
+    def __call__(self, out: ModelOutput, model: nn.Module, step: int | None) -> Tensor:
+        if out.pz is None:
+            raise ValueError("the capacity term needs a model with a prior")
+        gap = kl_per_example(out.qz_x, out.pz, out.z, self.monte_carlo) - self.capacity(step)
+        return gap * gap.detach().mean().sign()

@@ -6,6 +6,7 @@ from aelab.models import (  # noqa: F401  (registration)
     classifier,
     dae,
     decomposition,
+    disentangle,
     iaf_vae,
     ksparse,
     sparse,
