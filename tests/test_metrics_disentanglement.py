@@ -18,6 +18,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import entropy
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import mutual_info_score
+from sklearn.svm import LinearSVC
 
 import aelab
 from aelab.data.base import DatasetInfo, DataSplits, TensorImageDataset
@@ -27,13 +32,18 @@ from aelab.metrics.disentanglement import (
     beta_vae_score,
     dci,
     dci_from_importance,
+    dci_lasso,
     discretize,
+    encode_once,
     evaluate_disentanglement,
+    evaluate_disentanglement_dlib,
     factor_vae_score,
+    gbt_importance,
     lasso,
     mig,
     sample_codes,
     sap,
+    sap_threshold,
 )
 from aelab.registry import METRICS
 
@@ -173,13 +183,16 @@ def test_discretize_matches_numpy_histogram_edges():
     for j in range(3):
         edges = np.histogram(z[:, j].numpy(), 20)[1]
         ref = np.digitize(z[:, j].numpy(), edges[:-1]) - 1  # disentanglement_lib's binning, from 0
-        assert (ours[:, j].numpy() == ref).mean() > 0.999  # bin edges may differ by one ulp
+        assert (ours[:, j].numpy() == ref).all()  # numpy's own edges: disentanglement_lib's bins exactly
 
 
 def test_sap_continuous_and_discrete_on_identity():
     z, v = sample_codes(identity, FACTOR_SIZES, 4000, torch.Generator().manual_seed(1))
     assert sap(z[:3000], v[:3000], z[3000:], v[3000:], continuous=True)["sap"] > 0.95
-    assert sap(z[:3000], v[:3000], z[3000:], v[3000:])["sap"] > 0.95
+    assert sap_threshold(z[:3000], v[:3000], z[3000:], v[3000:], continuous=True)["sap"] > 0.95
+    assert sap_threshold(z[:3000], v[:3000], z[3000:], v[3000:])["sap"] > 0.95
+    with pytest.raises(ValueError, match="2 code dimensions"):
+        sap_threshold(z[:, :1], v, z[:, :1], v)
     with pytest.raises(ValueError, match="2 code dimensions"):
         sap(z[:, :1], v, z[:, :1], v)
 
@@ -210,8 +223,10 @@ def test_dci_from_importance_hand_computed():
 
 def test_dci_accepts_numpy_and_rejects_float_factors():
     z, v = sample_codes(permuted, FACTOR_SIZES, 2000, torch.Generator().manual_seed(2))
-    out = dci(z.numpy(), v.numpy(), z.numpy(), v.numpy())
+    out = dci_lasso(z.numpy(), v.numpy(), z.numpy(), v.numpy())
     assert out["dci_disentanglement"] > 0.99
+    with pytest.raises(ValueError, match="integer"):
+        dci_lasso(z, v.double(), z, v)
     with pytest.raises(ValueError, match="integer"):
         dci(z, v.double(), z, v)
 
@@ -241,7 +256,7 @@ def tiny_dsprites_vae():
 def test_disentanglement_wrapper_runs_on_dsprites(tiny_dsprites_vae):
     data = DSprites(split_indices(NUM_IMAGES, 0, test_size=100)[1])
     fn = METRICS.get("disentanglement")
-    kw = {"n_samples": 400, "n_points": 20, "group_size": 8, "batch_size": 256}
+    kw = {"protocol": "fast", "n_samples": 400, "n_points": 20, "group_size": 8, "batch_size": 256}
     tiny_dsprites_vae.train()
     out = fn(tiny_dsprites_vae, _splits(data), **kw)
     assert tiny_dsprites_vae.training  # the wrapper restores the mode
@@ -257,3 +272,132 @@ def test_disentanglement_wrapper_needs_a_renderable_factor_data_set(tiny_dsprite
     data = TensorImageDataset(torch.zeros(4, 1, 64, 64, dtype=torch.uint8), torch.zeros(4, K, dtype=torch.long))
     with pytest.raises(ValueError, match="render"):
         METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data))
+
+
+def test_disentanglement_wrapper_defaults_to_the_dlib_protocol(tiny_dsprites_vae):
+    data = DSprites(split_indices(NUM_IMAGES, 0, test_size=100)[1])
+    kw = {"n_train": 300, "n_test": 100, "n_points_train": 30, "n_points_eval": 20, "group_size": 4,
+          "dci_estimator": "hist", "batch_size": 256}
+    out = METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), **kw)
+    assert set(out) >= {"mig", "sap", "dci_disentanglement", "dci_informativeness_test", "betavae_score",
+                        "factorvae_score"}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    with pytest.raises(TypeError):  # the fast protocol's options are not the dlib protocol's
+        METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), n_samples=400)
+    with pytest.raises(ValueError, match="protocol"):
+        METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), protocol="published")
+
+
+# --- the dlib protocol against direct scikit-learn computations ------------------------------------
+SMALL = (3, 4, 6)
+
+
+def _small_codes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Graded code on a small factor space: factor 0 clean, 1 rotated with 2, a noise dimension."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.stack([torch.randint(0, s, (n,), generator=g) for s in SMALL], 1)
+    x = v.double() / (torch.tensor(SMALL) - 1)
+    nuisance = torch.randn(n, generator=g, dtype=torch.float64)
+    z = torch.stack([x[:, 0], x[:, 1] + x[:, 2], x[:, 1] - x[:, 2], nuisance], 1)
+    return z + 0.05 * torch.randn(n, 4, generator=g, dtype=torch.float64), v
+
+
+def test_dci_is_disentanglement_libs_gradient_boosted_trees():
+    z, v = _small_codes(600, 0)
+    ztr, vtr, zte, vte = z[:400].numpy(), v[:400].numpy(), z[400:].numpy(), v[400:].numpy()
+    # disentanglement_lib's compute_importance_gbt, disentanglement and completeness, written out
+    r = np.zeros((4, 3))
+    acc_tr, acc_te = [], []
+    for k in range(3):
+        model = GradientBoostingClassifier(random_state=0).fit(ztr, vtr[:, k])
+        r[:, k] = np.abs(model.feature_importances_)
+        acc_tr.append(np.mean(model.predict(ztr) == vtr[:, k]))
+        acc_te.append(np.mean(model.predict(zte) == vte[:, k]))
+    dis = np.sum((1 - entropy(r.T + 1e-11, base=3)) * r.sum(1) / r.sum())
+    com = np.sum((1 - entropy(r + 1e-11, base=4)) * r.sum(0) / r.sum())
+    out = dci(z[:400], v[:400], z[400:], v[400:])
+    assert out["dci_disentanglement"] == pytest.approx(dis, abs=1e-12)
+    assert out["dci_completeness"] == pytest.approx(com, abs=1e-12)
+    assert out["dci_informativeness_train"] == pytest.approx(np.mean(acc_tr), abs=1e-12)
+    assert out["dci_informativeness_test"] == pytest.approx(np.mean(acc_te), abs=1e-12)
+    imp, _, _ = gbt_importance(z[:400], v[:400], z[400:], v[400:], estimator="hist")
+    assert torch.allclose(imp.sum(0), torch.ones(3, dtype=torch.float64))
+    assert imp[3].max() < 0.2 and imp[0, 0] > 0.8  # the approximation finds the same structure
+    with pytest.raises(ValueError, match="estimator"):
+        dci(z, v, z, v, estimator="forest")
+
+
+def test_sap_is_disentanglement_libs_linear_svm():
+    z, v = _small_codes(900, 1)
+    ztr, vtr, zte, vte = z[:600].numpy(), v[:600].numpy(), z[600:].numpy(), v[600:].numpy()
+    score = np.zeros((4, 3))  # disentanglement_lib's compute_score_matrix, continuous_factors=False
+    for i in range(4):
+        for j in range(3):
+            clf = LinearSVC(C=0.01, class_weight="balanced", dual=False).fit(ztr[:, i : i + 1], vtr[:, j])
+            score[i, j] = np.mean(clf.predict(zte[:, i : i + 1]) == vte[:, j])
+    top = np.sort(score, axis=0)
+    assert sap(z[:600], v[:600], z[600:], v[600:])["sap"] == pytest.approx(np.mean(top[-1] - top[-2]), abs=1e-12)
+    # continuous: squared correlations on the training set
+    c = np.array([[np.corrcoef(ztr[:, i], vtr[:, j])[0, 1] ** 2 for j in range(3)] for i in range(4)])
+    top = np.sort(c, axis=0)
+    cont = sap(z[:600], v[:600], z[600:], v[600:], continuous=True)["sap"]
+    assert cont == pytest.approx(np.mean(top[-1] - top[-2]), abs=1e-12)
+
+
+def test_mig_is_disentanglement_libs_histogram_estimate():
+    z, v = _small_codes(2000, 2)
+    zb = np.stack([np.digitize(z[:, j].numpy(), np.histogram(z[:, j].numpy(), 20)[1][:-1]) for j in range(4)])
+    m = np.array([[mutual_info_score(v[:, k].numpy(), zb[j]) for k in range(3)] for j in range(4)])
+    h = np.array([mutual_info_score(v[:, k].numpy(), v[:, k].numpy()) for k in range(3)])
+    top = np.sort(m, axis=0)[::-1]
+    assert mig(z, v)["mig"] == pytest.approx(np.mean((top[0] - top[1]) / h), abs=1e-12)
+
+
+def test_beta_vae_sklearn_classifier_is_logistic_regression_on_raw_features():
+    # a fixed code table (a deterministic encoder), so the draws can be redone by hand
+    table = torch.randn(3 * 4 * 6, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    strides = torch.tensor([24, 6, 1])
+    enc = encode_once(lambda f: table[(f * strides).sum(-1)], SMALL)
+    out = beta_vae_score(enc, SMALL, torch.Generator().manual_seed(0), 8, 200, 100, classifier="sklearn")
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.stack([torch.randint(0, s, (300, 8), generator=g) for s in SMALL], -1)
+    f2 = torch.stack([torch.randint(0, s, (300, 8), generator=g) for s in SMALL], -1)
+    fixed = torch.randint(0, 3, (300,), generator=g)
+    f2 = torch.where(torch.nn.functional.one_hot(fixed, 3).bool()[:, None, :], f1, f2)
+    feats = (table[(f1 * strides).sum(-1)] - table[(f2 * strides).sum(-1)]).abs().mean(1).numpy()
+    model = LogisticRegression().fit(feats[:200], fixed[:200].numpy())
+    assert out["betavae_score"] == pytest.approx(np.mean(model.predict(feats[200:]) == fixed[200:].numpy()))
+    assert out["betavae_train_acc"] == pytest.approx(np.mean(model.predict(feats[:200]) == fixed[:200].numpy()))
+    with pytest.raises(ValueError, match="classifier"):
+        beta_vae_score(enc, SMALL, torch.Generator().manual_seed(0), 4, 10, 5, classifier="svm")
+
+
+def test_encode_once_encodes_each_combination_once_and_keeps_codes():
+    seen = []
+    table = torch.randn(72, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    strides = torch.tensor([24, 6, 1])
+
+    def enc(f):
+        seen.append(f.clone())
+        return table[(f * strides).sum(-1)]
+
+    once = encode_once(enc, SMALL)
+    f = torch.stack([torch.randint(0, s, (500,), generator=torch.Generator().manual_seed(1)) for s in SMALL], 1)
+    assert torch.equal(once(f[:250]), table[(f[:250] * strides).sum(-1)])
+    assert torch.equal(once(f), table[(f * strides).sum(-1)])
+    rows = torch.cat(seen)
+    assert len(torch.unique((rows * strides).sum(-1))) == rows.shape[0] <= 72  # nothing encoded twice
+    assert encode_once(enc, SMALL, max_combinations=10) is enc
+
+
+def test_dlib_protocol_scores_identity_and_noise_codes():
+    sizes = (3, 6, 8)
+    scale = torch.tensor(sizes) - 1
+    kw = {"n_train": 1000, "n_test": 500, "n_points_train": 300, "n_points_eval": 200, "group_size": 16}
+    good = evaluate_disentanglement_dlib(lambda f: f.double() / scale, sizes, torch.Generator().manual_seed(0), **kw)
+    assert good["mig"] > 0.9 and good["dci_disentanglement"] > 0.95 and good["dci_completeness"] > 0.95
+    assert good["dci_informativeness_test"] > 0.99 and good["betavae_score"] > 0.95 and good["factorvae_score"] == 1
+    g = torch.Generator().manual_seed(1)
+    noise = evaluate_disentanglement_dlib(lambda f: torch.randn(f.shape[0], 3, generator=g, dtype=torch.float64),
+                                          sizes, torch.Generator().manual_seed(0), **kw)
+    assert noise["mig"] < 0.05 and noise["sap"] < 0.05 and noise["betavae_score"] < 0.5
