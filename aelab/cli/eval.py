@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():  # progress: the IWAE with k=1000 and frechet take a while (the table goes to stdout)
             print(f"aelab: [{i + 1}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         options = metric_options(name, batch_size=cfg.trainer.eval_batch_size, k=args.k, limit=limit,
-                                 samples=args.samples, classifier_config=classifier, cache_dir=args.classifier_dir)
+                                 samples=args.samples, classifier_config=classifier, cache_dir=args.classifier_dir,
+                                 protocol=args.protocol)
         results |= run_metric(name, model, metric_splits(cfg, data, name), **options)
     if args.figures:
         written, notes = write_figures(args.run_dir, model, data)
@@ -162,6 +163,9 @@ def add_parser(command) -> None:
                    "cache key)")
     e.add_argument("--classifier-dir", help="frechet: classifier cache (default: $AELAB_CLASSIFIER_DIR, else "
                    "~/.cache/aelab/classifiers)")
+    e.add_argument("--protocol", choices=("dlib", "fast"), default="dlib",
+                   help="disentanglement: dlib (disentanglement_lib's estimators and sample sizes, comparable with "
+                   "published numbers; minutes per dSprites model) or fast (aelab's quick estimators; default dlib)")
     e.add_argument("--figures", action="store_true", help="also write all figures to RUN_DIR/figures")
     e.set_defaults(fn=run)
 

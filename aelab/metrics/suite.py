@@ -95,7 +95,8 @@ def check_metrics(model: nn.Module, names: Sequence[str], model_name: str, run_d
 
 
 def metric_options(name: str, batch_size: int = 500, k: int | None = None, limit: int | None = 1000,
-                   samples: int = 10000, classifier_config: Any = None, cache_dir: Any = None) -> dict[str, Any]:
+                   samples: int = 10000, classifier_config: Any = None, cache_dir: Any = None,
+                   protocol: str = "dlib") -> dict[str, Any]:
     """The options of metric ``name`` in an evaluation.
 
     Only the likelihoods take ``k`` (``None``: :data:`DEFAULT_K`, 1000 for images, 500 for
@@ -107,6 +108,8 @@ def metric_options(name: str, batch_size: int = 500, k: int | None = None, limit
         return {"k": DEFAULT_K[name] if k is None else k, "limit": limit, "batch_size": 100}
     if name == "text_reconstruction":
         return {"limit": limit, "batch_size": batch_size}
+    if name == "disentanglement":
+        return {"batch_size": batch_size, "protocol": protocol}
     if name == "rollout":
         return {"batch_size": min(batch_size, 200), "limit": limit, "cache_dir": cache_dir}
     if name == "frechet":
