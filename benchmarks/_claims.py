@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,19 @@ def summarise(results: list[dict[str, Any]], rows: list[str], labels: dict[str, 
             vals = [r[k] for r in runs if k in r]
             out[row][k] = {"mean": statistics.mean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     return out
+
+
+def common_arguments(p: argparse.ArgumentParser, rows: list[str], runs: str, shared_data: Path) -> None:
+    """The options every claim benchmark takes: rows, seeds, step cap, jobs and threads, where
+    the runs go and the data are, retraining or only summarising, the JSON and Markdown outputs."""
+    p.add_argument("--rows", default=",".join(rows), help=f"comma-separated, from {', '.join(rows)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of every run (smoke runs)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    p.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / runs), help="where the run directories go")
+    p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(shared_data)))
+    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--finished-only", action="store_true", help="train nothing: summarise the finished runs")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the Markdown table to stderr")

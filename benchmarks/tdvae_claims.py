@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _claims import finished, merge, seconds_per_epoch, summarise
+from _claims import common_arguments, finished, merge, seconds_per_epoch, summarise
 from _host import host_info
 
 from aelab.config import to_dict
@@ -170,21 +168,10 @@ def targets(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-    p.add_argument("--seeds", default="0,1,2")
+    common_arguments(p, list(ROWS), "aelab_tdvae_claims", SHARED_DATA)
     p.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: each row's own)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of every run (smoke runs)")
     p.add_argument("--eval-limit", type=int, default=1000, help="test sequences scored (0: all)")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    p.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "aelab_tdvae_claims"),
-                   help="where the run directories go")
-    p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
-    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--finished-only", action="store_true", help="train nothing: summarise the finished runs")
     p.add_argument("--quick", action="store_true", help="30 steps a run, 100 test sequences")
-    p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--markdown", action="store_true", help="print the Markdown tables to stderr")
     args = p.parse_args()
     if args.quick:
         args.max_steps, args.eval_limit, args.epochs = 30, 100, 1

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _claims import finished, merge, seconds_per_epoch, summarise
+from _claims import common_arguments, finished, merge, seconds_per_epoch, summarise
 from _host import host_info
 
 from aelab.config import to_dict
@@ -163,24 +161,13 @@ def time_iwae(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-    p.add_argument("--seeds", default="0,1,2")
+    common_arguments(p, list(ROWS), "aelab_text_claims", SHARED_DATA)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of every run (smoke runs)")
     p.add_argument("--k", type=int, default=50, help="importance samples of the NLL")
     p.add_argument("--eval-limit", type=int, default=1000, help="test sentences scored (0: all 2,565)")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    p.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "aelab_text_claims"),
-                   help="where the run directories go")
-    p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
-    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--finished-only", action="store_true", help="train nothing: summarise the finished runs")
     p.add_argument("--quick", action="store_true", help="60 steps a run, 200 test sentences, k=5")
     p.add_argument("--time-iwae", metavar="ROW", help="only time the IWAE bound (--k samples, every test "
                    "sentence) of ROW's seed-0 run")
-    p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--markdown", action="store_true", help="print the Markdown table to stderr")
     args = p.parse_args()
     if args.quick:
         args.max_steps, args.eval_limit, args.k, args.epochs = 60, 200, 5, 1

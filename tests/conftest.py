@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,15 @@ def sigkill_at(trainer, step: int) -> None:
         return train_step(batch)
 
     trainer._train_step = step_or_die
+
+
+def run_aelab(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m aelab --threads 1 ARGS`` in a subprocess (warnings are errors); fails the test
+    with both outputs unless it exits 0 (``check``)."""
+    env = env if env is not None else os.environ | {"PYTHONWARNINGS": "error"}
+    proc = subprocess.run([sys.executable, "-m", "aelab", "--threads", "1", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import run_aelab
 from safetensors.torch import load_file
 
 from aelab.training.checkpoint import STATE_NAME
@@ -19,12 +18,7 @@ SMALL = ["--set", "data.train_subset=600", "--set", "data.test_subset=200", "--s
          "--set", "model.backbone.hidden=64", "--set", "trainer.batch_size=50"]
 
 
-def aelab(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "aelab.cli", "--threads", "1", *args], capture_output=True,
-                          text=True, cwd=cwd, env=os.environ | {"PYTHONWARNINGS": "error"}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"aelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+aelab = run_aelab
 
 
 def test_list():

@@ -12,10 +12,10 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_aelab
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -42,11 +42,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 def aelab(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "aelab.cli", "--threads", "1", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"aelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_aelab(*args, env=env, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_shared_data
+from conftest import require_shared_data, run_aelab
 from PIL import Image
 
 from aelab.cli import main
@@ -21,12 +18,7 @@ SMALL = ["--set", "model.belief_dim=16", "--set", "model.hidden=16", "--set", "m
          "--set", "trainer.eval_limit=16"]
 
 
-def aelab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "aelab", "--threads", "1", *args], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONWARNINGS": "error"}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"aelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+aelab = run_aelab
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,11 @@ in-process (one line each, exit code 2).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_shared_data
+from conftest import require_shared_data, run_aelab
 from PIL import Image
 
 from aelab.cli import main
@@ -29,12 +26,7 @@ TINY = ["--set", "data.train_subset=640", "--set", "data.test_subset=100", "--se
 A, B = "i love you .", "the cat sat on the zyzzyva ."
 
 
-def aelab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "aelab", "--threads", "1", *args], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONWARNINGS": "error"}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"aelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+aelab = run_aelab
 
 
 @pytest.fixture(scope="module")

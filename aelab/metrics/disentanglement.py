@@ -277,6 +277,34 @@ def _svm_accuracies(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Te
     return out
 
 
+def _sap(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tensor | np.ndarray,
+         v_test: Tensor | np.ndarray, continuous: bool | Sequence[bool],
+         discrete_scores: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> dict[str, float]:
+    """SAP with the per-dimension scores of discrete factors from ``discrete_scores(z_tr, v_tr,
+    z_te, v_te) -> (D,)`` (continuous factors: squared correlations on the training codes)."""
+    z_tr, z_te = _codes(z_train), _codes(z_test)
+    v_tr, v_te = _factors(v_train, z_tr.shape[0]), _factors(v_test, z_te.shape[0])
+    if z_tr.shape[1] < 2:
+        raise ValueError("SAP needs at least 2 code dimensions (it compares the best two)")
+    k = v_tr.shape[1]
+    cont = [continuous] * k if isinstance(continuous, bool) else list(continuous)
+    if len(cont) != k:
+        raise ValueError(f"continuous has {len(cont)} entries for {k} factors")
+    gaps = []
+    for f in range(k):
+        if torch.unique(v_tr[:, f]).numel() < 2:
+            continue
+        if cont[f]:
+            score = _squared_correlations(z_tr, v_tr[:, f])
+        else:
+            score = discrete_scores(z_tr, v_tr[:, f], z_te, v_te[:, f])
+        top = score.topk(2).values
+        gaps.append(float(top[0] - top[1]))
+    if not gaps:
+        raise ValueError("every factor is constant: SAP is undefined")
+    return {"sap": float(np.mean(gaps))}
+
+
 def sap(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tensor | np.ndarray,
         v_test: Tensor | np.ndarray, continuous: bool | Sequence[bool] = False) -> dict[str, float]:
     """Separated attribute predictability as disentanglement_lib computes it (``sap_score``).
@@ -319,27 +347,7 @@ def sap(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tens
         >>> sap(z, v, z, v)["sap"]  # factor 0: 1.0 - 0.5, factor 1: 0.2 - 0.2 (chance, either way)
         0.25
     """
-    z_tr, z_te = _codes(z_train), _codes(z_test)
-    v_tr, v_te = _factors(v_train, z_tr.shape[0]), _factors(v_test, z_te.shape[0])
-    if z_tr.shape[1] < 2:
-        raise ValueError("SAP needs at least 2 code dimensions (it compares the best two)")
-    k = v_tr.shape[1]
-    cont = [continuous] * k if isinstance(continuous, bool) else list(continuous)
-    if len(cont) != k:
-        raise ValueError(f"continuous has {len(cont)} entries for {k} factors")
-    gaps = []
-    for f in range(k):
-        if torch.unique(v_tr[:, f]).numel() < 2:
-            continue
-        if cont[f]:
-            score = _squared_correlations(z_tr, v_tr[:, f])
-        else:
-            score = _svm_accuracies(z_tr, v_tr[:, f], z_te, v_te[:, f])
-        top = score.topk(2).values
-        gaps.append(float(top[0] - top[1]))
-    if not gaps:
-        raise ValueError("every factor is constant: SAP is undefined")
-    return {"sap": float(np.mean(gaps))}
+    return _sap(z_train, v_train, z_test, v_test, continuous, _svm_accuracies)
 
 
 def sap_threshold(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tensor | np.ndarray,
@@ -386,27 +394,8 @@ def sap_threshold(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_
         >>> round(sap_threshold(v.double(), v, v.double(), v)["sap"], 9)
         1.0
     """
-    z_tr, z_te = _codes(z_train), _codes(z_test)
-    v_tr, v_te = _factors(v_train, z_tr.shape[0]), _factors(v_test, z_te.shape[0])
-    if z_tr.shape[1] < 2:
-        raise ValueError("SAP needs at least 2 code dimensions (it compares the best two)")
-    k = v_tr.shape[1]
-    cont = [continuous] * k if isinstance(continuous, bool) else list(continuous)
-    if len(cont) != k:
-        raise ValueError(f"continuous has {len(cont)} entries for {k} factors")
-    gaps = []
-    for f in range(k):
-        if torch.unique(v_tr[:, f]).numel() < 2:
-            continue
-        if cont[f]:
-            score = _squared_correlations(z_tr, v_tr[:, f])
-        else:
-            score = _nearest_centroid_scores(z_tr, v_tr[:, f].contiguous(), z_te, v_te[:, f].contiguous())
-        top = score.topk(2).values
-        gaps.append(float(top[0] - top[1]))
-    if not gaps:
-        raise ValueError("every factor is constant: SAP is undefined")
-    return {"sap": float(np.mean(gaps))}
+    return _sap(z_train, v_train, z_test, v_test, continuous,
+                lambda z, v, zt, vt: _nearest_centroid_scores(z, v.contiguous(), zt, vt.contiguous()))
 
 
 # --- DCI ----------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -106,12 +107,39 @@ def sequence_evaluation(model: Model, data: Split, cfg: Any) -> dict[str, float]
 
 
 # --- rollouts ---------------------------------------------------------------------------------
-def _check_horizon(data: Split, context: int, dts: Sequence[int]) -> int:
+def _prepare(model: Model | None, data: Split, context: int, dts: Sequence[int],
+             limit: int | None) -> tuple[torch.device, Split]:
+    """Check the horizon and the model; the model's device and the seeded subset of ``limit``."""
     frames = data.get_batch(torch.arange(1)).x.shape[1]
     if context < 1 or not dts or min(dts) < 1 or context - 1 + max(dts) >= frames:
         raise ValueError(f"a rollout needs context >= 1 and 1 <= dt with context - 1 + dt < {frames} frames, got "
                          f"context={context}, dt={list(dts)}")
-    return frames
+    if model is not None:
+        require(model, "sequence", what="rollouts")
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    return device, random_subset(data, limit, seed=0)
+
+
+@contextlib.contextmanager
+def _seeded_eval(model: Model | None, seed: int) -> Iterator[None]:
+    """Evaluation mode (a model) or no gradients (a baseline), on a seeded RNG stream of its own."""
+    with (eval_mode(model) if model is not None else torch.no_grad()), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Totals:
+    """Per-key sums of per-example values over ``n`` examples, and their means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, key: str, values: Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + values.double().sum().item()
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
 
 
 @torch.no_grad()
@@ -133,21 +161,10 @@ def moving_mnist_rollout(model: Model | None, data: Split, classifier: nn.Module
     and ``digit_acc_truth``: the classifier on the true frames (the ceiling of ``digit_acc``).
     The first digit's labels are used (``y[:, 0]`` digit, ``y[:, 1]`` direction, 1 = right).
     """
-    _check_horizon(data, context, dts)
-    if model is not None:
-        require(model, "sequence", what="rollouts")
-        device = next(model.parameters()).device
-    else:
-        device = torch.device("cpu")
-    data = random_subset(data, limit, seed=0)
-    sums: dict[str, float] = {}
-    n = 0
-
-    def add(key: str, values: Tensor) -> None:
-        sums[key] = sums.get(key, 0.0) + values.double().sum().item()
-
-    with (eval_mode(model) if model is not None else torch.no_grad()), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    device, data = _prepare(model, data, context, dts, limit)
+    totals = _Totals()
+    add = totals.add
+    with _seeded_eval(model, seed):
         for batch in eval_batches(data, batch_size):
             x, y = batch.x.to(device), batch.y
             b, w = x.shape[0], x.shape[-1]
@@ -170,8 +187,8 @@ def moving_mnist_rollout(model: Model | None, data: Split, classifier: nn.Module
                 right = y[:, 1].eq(1)
                 score = torch.where(move.abs() < 0.5, 0.5, (move > 0).eq(right).float())
                 add(f"direction_acc_dt{dt}", torch.nan_to_num(score, nan=0.5).mean(0))
-            n += b
-    return {k: v / max(n, 1) for k, v in sums.items()}
+            totals.n += b
+    return totals.means()
 
 
 @torch.no_grad()
@@ -187,21 +204,12 @@ def oscillator_rollout(model: Model | None, data: Split, dynamics: OscillatorDyn
     true positions inside the central ``level`` interval of the sampled rollouts (calibrated: =
     ``level``), and ``kalman_coverage_dt{dt}`` for the filter's Gaussian interval.
     """
-    _check_horizon(data, context, dts)
-    if model is not None:
-        require(model, "sequence", what="rollouts")
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    data = random_subset(data, limit, seed=0)
+    device, data = _prepare(model, data, context, dts, limit)
     z = _normal_quantile(0.5 + level / 2)
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
-    sums: dict[str, float] = {}
-    n = 0
-
-    def add(key: str, values: Tensor) -> None:
-        sums[key] = sums.get(key, 0.0) + values.double().sum().item()
-
-    with (eval_mode(model) if model is not None else torch.no_grad()), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    totals = _Totals()
+    add = totals.add
+    with _seeded_eval(model, seed):
         for batch in eval_batches(data, batch_size):
             if batch.state is None:
                 raise ValueError("the oscillator rollout needs the true state of each step (batch.state)")
@@ -220,8 +228,8 @@ def oscillator_rollout(model: Model | None, data: Split, dynamics: OscillatorDyn
                     add(f"mse_dt{dt}", (pred.mean(0) - target) ** 2)
                     lo, hi = torch.quantile(pred, lo_q, dim=0), torch.quantile(pred, hi_q, dim=0)
                     add(f"coverage_dt{dt}", ((target >= lo) & (target <= hi)).float())
-            n += obs.shape[0]
-    return {k: v / max(n, 1) for k, v in sums.items()}
+            totals.n += obs.shape[0]
+    return totals.means()
 
 
 def digit_classifier(root: str | None = None, device: str | torch.device = "cpu",
