@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from aelab.batch import Batch
 from aelab.config import ConfigError
+from aelab.data.base import DatasetInfo
 from aelab.data.sequences import SequenceSplit, roll_frames
 from aelab.metrics.sequence import (
     circular_centre,
@@ -21,7 +22,9 @@ from aelab.metrics.sequence import (
     sequence_bound,
     signed_displacement,
 )
+from aelab.models.tdvae import TDVAEConfig, sequence_from_data
 from aelab.protocol import Capabilities, Model, build_model
+from aelab.report.sequence import write_rollout
 from aelab.training.trainer import Trainer, TrainerConfig
 
 SHAPE = (1, 5, 4)
@@ -195,9 +198,6 @@ def test_tdvae_resumes_bit_identically(tmp_path):
 
 
 def test_tdvae_refuses_data_that_are_not_sequences_and_bad_settings():
-    from aelab.models.tdvae import sequence_from_data, TDVAEConfig  # noqa: I001
-    from aelab.data.base import DatasetInfo
-
     with pytest.raises(ConfigError, match=r"sequences of frames \(T, C, H, W\)"):
         sequence_from_data(TDVAEConfig(), DatasetInfo(name="mnist", shape=(1, 28, 28)))
     assert sequence_from_data(TDVAEConfig(), DatasetInfo(name="s", shape=(20, 1, 1, 3))).image_shape == (1, 1, 3)
@@ -281,3 +281,14 @@ def test_batch_of_sequences_drives_the_model_through_the_trainer_loss():
     model = _tiny()
     lo = model.loss(Batch(torch.rand(4, 5, *SHAPE)), step=0)
     assert lo.per_example.shape == (4,) and torch.isfinite(lo.loss)
+
+
+def test_rollout_pictures_of_frames_and_of_signals(tmp_path):
+    """Frames get a strip; signals of any width D get trajectory panels (a panel per dimension)."""
+    frames = write_rollout(_tiny(), SequenceSplit(torch.rand(3, 6, *SHAPE)), tmp_path / "f.png", 3, [1, 2], 2, n=2)
+    signals = build_model("tdvae", image_shape=(1, 1, 2), backbone={"hidden": (8,)}, belief_dim=6, latent_dim=2,
+                          hidden=7, max_jump=2, likelihood={"name": "gaussian"})
+    traj = write_rollout(signals, SequenceSplit(torch.randn(4, 8, 1, 1, 2)), tmp_path / "s.png", 4, [1, 1, 2], 20, n=2)
+    assert frames.is_file() and traj.is_file()
+    with pytest.raises(ValueError, match="--context must be 1..7"):
+        write_rollout(signals, SequenceSplit(torch.randn(4, 8, 1, 1, 2)), tmp_path / "x.png", 8, [1], 2)

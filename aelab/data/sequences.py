@@ -460,15 +460,16 @@ def sequences_to_float(x: np.ndarray, key: str, source: str | os.PathLike) -> Te
             values (the message names ``source`` and ``key``).
     """
     where = f"{source}: array {key!r}"
+    given = x.shape
     if x.ndim == 3:
         x = x[:, :, None, None, :]
     elif x.ndim != 5:
         hint = " (add a channel axis: [N, T, 1, H, W])" if x.ndim == 4 else ""
         raise ValueError(f"{where} has shape {x.shape}; expected [N, T, C, H, W] frames or [N, T, D] vectors{hint}")
     if x.shape[0] == 0 or min(x.shape[2:]) == 0:
-        raise ValueError(f"{where} has shape {x.shape}: no sequences, or frames of size 0")
+        raise ValueError(f"{where} has shape {given}: no sequences, or frames of size 0")
     if x.shape[1] < 2:
-        raise ValueError(f"{where} has shape {x.shape}: sequences of {x.shape[1]} step(s); expected T >= 2")
+        raise ValueError(f"{where} has shape {given}: sequences of {x.shape[1]} step(s); expected T >= 2")
     if x.dtype == np.uint8:
         out = np.ascontiguousarray(x)
     elif np.issubdtype(x.dtype, np.floating):

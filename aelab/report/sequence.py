@@ -61,31 +61,38 @@ def rollout_strip(model: Model, x: Tensor, context: int, steps: Sequence[int], s
 @torch.no_grad()
 def plot_trajectories(model: Model, x: Tensor, context: int, steps: Sequence[int], samples: int, path: str | Path,
                       truth: Tensor | None = None, title: str | None = None, level: float = 0.8) -> Path:
-    """1-D signals ``x`` ``(B, T, 1, 1, 1)``: one panel per sequence with the observations, the
-    true state (``truth`` ``(B, T)``, optional), and ``samples`` sampled futures after the context,
-    each one chain of jumps by ``steps`` (:meth:`~aelab.models.tdvae.TDVAE.rollout`), with their
-    mean and central ``level`` band."""
+    """Signals ``x`` ``(B, T, 1, 1, D)``: a panel per sequence (and per dimension, the first 3 of
+    ``D > 1``) with the observations, the true state (``truth`` ``(B, T)`` of a 1-D signal,
+    optional) and ``samples`` sampled futures after the context, each one chain of jumps by
+    ``steps`` (:meth:`~aelab.models.tdvae.TDVAE.rollout`), with their mean and central ``level``
+    band."""
     require(model, "sequence", what="a trajectory plot")
     b, t = x.shape[:2]
-    obs = x.reshape(b, t, -1)[..., 0].cpu().numpy()
-    preds = model.rollout(x[:, :context], steps, samples).reshape(samples, b, len(steps), -1)[..., 0].cpu()
+    obs = x.reshape(b, t, -1).cpu()
+    dims = min(obs.shape[-1], 3)
+    preds = model.rollout(x[:, :context], steps, samples).reshape(samples, b, len(steps), -1).cpu()
     lo = torch.quantile(preds, (1 - level) / 2, dim=0).numpy()
     hi = torch.quantile(preds, (1 + level) / 2, dim=0).numpy()
     mean = preds.mean(0).numpy()
     future = np.array([context - 1 + o for o in _offsets(steps)])
-    fig = _figure(420 * min(b, 3), 320 * ((b + 2) // 3))
-    for i in range(b):
-        ax = fig.add_subplot((b + 2) // 3, min(b, 3), i + 1)
-        ax.plot(np.arange(t), obs[i], ".", color="0.5", label="observations")
-        if truth is not None:
+    cols = 3 if dims == 1 else dims
+    rows = (b + 2) // 3 if dims == 1 else b
+    fig = _figure(420 * min(b * dims, cols), 320 * rows)
+    for n, (i, d) in enumerate((i, d) for i in range(b) for d in range(dims)):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        ax.plot(np.arange(t), obs[i, :, d].numpy(), ".", color="0.5", label="observations")
+        if truth is not None and dims == 1:
             ax.plot(np.arange(t), truth[i].cpu().numpy(), "-", color="k", lw=1, label="true position")
         for s in range(min(samples, 10)):
-            ax.plot(future, preds[s, i].numpy(), "-", color="tab:blue", lw=0.5, alpha=0.5)
-        ax.fill_between(future, lo[i], hi[i], color="tab:blue", alpha=0.2, label=f"central {level:.0%} of rollouts")
-        ax.plot(future, mean[i], "-", color="tab:blue", lw=2, label="rollout mean")
+            ax.plot(future, preds[s, i, :, d].numpy(), "-", color="tab:blue", lw=0.5, alpha=0.5)
+        ax.fill_between(future, lo[i, :, d], hi[i, :, d], color="tab:blue", alpha=0.2,
+                        label=f"central {level:.0%} of rollouts")
+        ax.plot(future, mean[i, :, d], "-", color="tab:blue", lw=2, label="rollout mean")
         ax.axvline(context - 1, color="tab:red", lw=0.8, ls="--")
         ax.set_xlabel("step")
-        if i == 0:
+        if dims > 1:
+            ax.set_title(f"sequence {i + 1}, dimension {d + 1}", fontsize=9)
+        if n == 0:
             ax.legend(fontsize=7, loc="upper left")
     jumps = ", ".join(map(str, steps)) if len(set(steps)) > 1 else f"{len(steps)} jumps of {steps[0]}"
     fig.suptitle(title or f"TD-VAE rollouts after {context} observed steps ({samples} samples; {jumps})", fontsize=11)
@@ -95,7 +102,7 @@ def plot_trajectories(model: Model, x: Tensor, context: int, steps: Sequence[int
 def write_rollout(model: Model, data: Split, path: str | Path, context: int, steps: Sequence[int],
                   samples: int, n: int = 4, seed: int = 0) -> Path:
     """A rollout picture of ``n`` test sequences spread over ``data``: a strip for frames, a
-    trajectory plot for 1-D signals."""
+    trajectory plot for signals ``(1, 1, D)``."""
     idx = torch.linspace(0, len(data) - 1, min(n, len(data))).long()
     batch = data.get_batch(idx)
     device = next(model.parameters()).device
@@ -105,7 +112,7 @@ def write_rollout(model: Model, data: Split, path: str | Path, context: int, ste
                          f"got {context}")
     with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        if x.shape[2:] == (1, 1, 1):
+        if x.shape[2:4] == (1, 1):  # signals (B, T, 1, 1, D): trajectories
             truth = batch.state[..., 0] if batch.state is not None else None
             return plot_trajectories(model, x, context, steps, samples, path, truth)
         return rollout_strip(model, x, context, steps, samples, path)
