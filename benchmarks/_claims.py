@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from aelab.io import atomic_write_text
 from aelab.training.trainer import read_metrics
 
 
@@ -65,3 +68,13 @@ def common_arguments(p: argparse.ArgumentParser, rows: list[str], runs: str, sha
     p.add_argument("--finished-only", action="store_true", help="train nothing: summarise the finished runs")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table to stderr")
+
+
+def emit(report: dict[str, Any], args: argparse.Namespace, table: str) -> None:
+    """Print the JSON report (and write it to ``--out``, atomically); with ``--markdown`` the table to stderr."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.markdown:
+        print(table, file=sys.stderr)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _claims import common_arguments, finished, merge, seconds_per_epoch, summarise
+from _claims import common_arguments, emit, finished, merge, seconds_per_epoch, summarise
 from _host import host_info
 
 from aelab.config import to_dict
@@ -193,12 +193,7 @@ def main() -> None:
                            "max_steps": args.max_steps},
               "targets": targets(summary), "summary": summary, "runs": results,
               "model_configs": {r: to_dict(run_config(r, 0, args).model_config) for r in rows}}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    if args.markdown:
-        print(markdown(summary), file=sys.stderr)
+    emit(report, args, markdown(summary))
 
 
 if __name__ == "__main__":

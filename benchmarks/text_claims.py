@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _claims import common_arguments, finished, merge, seconds_per_epoch, summarise
+from _claims import common_arguments, emit, finished, merge, seconds_per_epoch, summarise
 from _host import host_info
 
 from aelab.config import to_dict
@@ -194,12 +194,7 @@ def main() -> None:
     report = {"host": host_info(args.threads), "protocol": protocol,
               "command": " ".join(sys.argv), "wall_s": time.perf_counter() - t0, "summary": summary, "runs": results,
               "model_configs": {r: to_dict(run_config(r, 0, args).model_config) for r in rows}}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    if args.markdown:
-        print(markdown(summary, args.k), file=sys.stderr)
+    emit(report, args, markdown(summary, args.k))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from aelab.data.base import DataConfig, DatasetInfo, DataSplits, TensorImageData
 from aelab.data.splits import split_indices
 from aelab.registry import DATASETS
 
-__all__ = ["IMAGE_SUFFIXES", "images_to_uint8", "labels_to_int64", "read_image_folder", "read_npz"]
+__all__ = ["IMAGE_SUFFIXES", "has_split_arrays", "images_to_uint8", "labels_to_int64", "read_image_folder", "read_npz"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEST_FRACTION = 0.1
@@ -176,6 +176,20 @@ def _npz_split(arrays: dict[str, np.ndarray], key: str, ykey: str, path: Path) -
     return x, torch.full((x.shape[0],), -1, dtype=torch.long)
 
 
+def has_split_arrays(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> bool:
+    """Whether an ``.npz`` brings its own split (``x_train`` and ``x_test``, with both or neither of
+    ``y_train``/``y_test``); half a split is a :class:`ValueError` naming the file and its arrays."""
+    if "x_train" not in arrays and "x_test" not in arrays:
+        return False
+    found = ", ".join(sorted(arrays)) or "none"
+    for key in ("x_train", "x_test"):
+        if key not in arrays:
+            raise ValueError(f"{path}: has x_train or x_test but not {key!r} (arrays found: {found})")
+    if ("y_train" in arrays) != ("y_test" in arrays):
+        raise ValueError(f"{path}: give both y_train and y_test, or neither (arrays found: {found})")
+    return True
+
+
 @DATASETS.register("npz")
 def build_npz(cfg: DataConfig) -> DataSplits:
     """Your own .npz (data.path): x_train/x_test (+ y_train/y_test), or x (+ y) split 90/10.
@@ -186,12 +200,7 @@ def build_npz(cfg: DataConfig) -> DataSplits:
     path = _user_path(cfg)
     arrays = read_npz(path)
     found = ", ".join(sorted(arrays)) or "none"
-    if "x_train" in arrays or "x_test" in arrays:
-        for key in ("x_train", "x_test"):
-            if key not in arrays:
-                raise ValueError(f"{path}: has x_train or x_test but not {key!r} (arrays found: {found})")
-        if ("y_train" in arrays) != ("y_test" in arrays):
-            raise ValueError(f"{path}: give both y_train and y_test, or neither (arrays found: {found})")
+    if has_split_arrays(arrays, path):
         x_tr, y_tr = _npz_split(arrays, "x_train", "y_train", path)
         x_te, y_te = _npz_split(arrays, "x_test", "y_test", path)
         if x_tr.shape[1:] != x_te.shape[1:]:

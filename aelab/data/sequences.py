@@ -54,7 +54,7 @@ from aelab.batch import Batch
 from aelab.config import ConfigError
 from aelab.data import images as _images  # noqa: F401  (registers mnist-10k, whose digits move)
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, Split, load_data
-from aelab.data.local import TEST_FRACTION, _info, labels_to_int64, read_npz
+from aelab.data.local import TEST_FRACTION, _info, has_split_arrays, labels_to_int64, read_npz
 from aelab.data.splits import split_indices
 from aelab.registry import DATASETS
 
@@ -500,12 +500,7 @@ def build_sequences(cfg: DataConfig) -> DataSplits:
     path = Path(cfg.path).expanduser()
     arrays = read_npz(path)
     found = ", ".join(sorted(arrays)) or "none"
-    if "x_train" in arrays or "x_test" in arrays:
-        for key in ("x_train", "x_test"):
-            if key not in arrays:
-                raise ValueError(f"{path}: has x_train or x_test but not {key!r} (arrays found: {found})")
-        if ("y_train" in arrays) != ("y_test" in arrays):
-            raise ValueError(f"{path}: give both y_train and y_test, or neither (arrays found: {found})")
+    if has_split_arrays(arrays, path):
         train = _npz_sequences(arrays, "x_train", "y_train", path)
         test = _npz_sequences(arrays, "x_test", "y_test", path)
         if train.shape != test.shape:
