@@ -96,6 +96,10 @@ PROTOCOLS = ("dlib", "fast")
 SKLEARN_MISSING = ("the dlib protocol of the disentanglement metrics needs scikit-learn: pip install scikit-learn "
                    "(or use protocol='fast', and dci_lasso / sap_threshold)")
 
+#: what a missing numba (the in-library boosted trees of DCI) raises
+NUMBA_MISSING = ("DCI's boosted trees need numba: pip install numba (or estimator='sklearn': scikit-learn's own, "
+                 "about 20 times slower)")
+
 #: ``factors (B, K) int64 -> codes (B, D)``: an encoder seen through the factors it is shown.
 EncodeFactors = Callable[[Tensor], Tensor]
 
@@ -539,21 +543,13 @@ def _sklearn(module: str) -> Any:
         raise MissingDependencyError(SKLEARN_MISSING) from e
 
 
-def _hist_importances(model: Any, d: int) -> np.ndarray:
-    """Split-gain importances ``(D,)`` of a fitted ``HistGradientBoostingClassifier``, summing to 1.
-
-    scikit-learn exposes no ``feature_importances_`` for histogram boosting; this sums the loss
-    reduction of every split per feature over all trees (``model._predictors``, the fitted
-    trees), the histogram analogue of the impurity decrease that ``GradientBoostingClassifier``
-    reports.
-    """
-    imp = np.zeros(d)
-    for stage in model._predictors:
-        for tree in stage:
-            nodes = tree.nodes[~tree.nodes["is_leaf"].astype(bool)]
-            np.add.at(imp, nodes["feature_idx"].astype(np.int64), nodes["gain"])
-    total = imp.sum()
-    return imp / total if total > 0 else imp
+def _boosted_trees() -> Any:
+    """:mod:`aelab.metrics.gbt` (imported on first use: numba takes seconds to import), or a
+    one-line :class:`MissingDependencyError` without numba."""
+    try:
+        return importlib.import_module("aelab.metrics.gbt")
+    except ImportError as e:
+        raise MissingDependencyError(NUMBA_MISSING) from e
 
 
 def gbt_importance(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tensor | np.ndarray,
@@ -569,37 +565,34 @@ def gbt_importance(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z
     Args:
         z_train, z_test: codes ``(N, D)``.
         v_train, v_test: factor indices ``(N, K)``, the classes.
-        estimator: ``"gbt"``: ``sklearn.ensemble.GradientBoostingClassifier()`` with its
-            defaults, as disentanglement_lib (100 stages of depth-3 trees per class; about
-            2 s per factor value at N = 10,000 on one core). ``"hist"``: the approximation
-            ``HistGradientBoostingClassifier`` with the same number of stages, depth and
-            learning rate (features in 255 quantile bins, no early stopping), about 8 times
-            faster, with split-gain importances (:func:`_hist_importances`); not equal to
-            disentanglement_lib's numbers (see ``benchmarks/results/dlib_metrics.json``).
-        random_state: seeds the trees' feature order (ties between equally good splits);
-            disentanglement_lib leaves it unseeded.
+        estimator: ``"gbt"``: the trees of ``sklearn.ensemble.GradientBoostingClassifier()`` with
+            its defaults (100 stages of depth-3 trees per class), grown by
+            :func:`aelab.metrics.gbt.fit_boosted_trees`: the same algorithm, about 20 times
+            faster (dSprites' 113 factor values at N = 10,000: seconds instead of about 4
+            minutes on one core), equal to scikit-learn's trees but for the random choice among
+            equally good splits. ``"sklearn"``: scikit-learn's own classifier, the reference.
+        random_state: seeds the choice among equally good splits; disentanglement_lib leaves it
+            unseeded.
 
     Returns:
         ``R (D, K)``, and the train and test accuracy of each factor's classifier ``(K,)``.
     """
+    if estimator not in ("gbt", "sklearn"):
+        raise ValueError(f"estimator must be 'gbt' or 'sklearn', got {estimator!r}")
     z_tr, z_te = _codes(z_train).numpy(), _codes(z_test).numpy()
     y_tr = _factors(v_train, z_tr.shape[0]).numpy()
     y_te = _factors(v_test, z_te.shape[0]).numpy()
-    ensemble = _sklearn("sklearn.ensemble")
     d, k = z_tr.shape[1], y_tr.shape[1]
     r = np.zeros((d, k))
     acc_tr, acc_te = np.zeros(k), np.zeros(k)
     for f in range(k):
         if estimator == "gbt":
-            model = ensemble.GradientBoostingClassifier(random_state=random_state).fit(z_tr, y_tr[:, f])
-            r[:, f] = np.abs(model.feature_importances_)
-        elif estimator == "hist":
-            model = ensemble.HistGradientBoostingClassifier(
-                max_iter=100, learning_rate=0.1, max_depth=3, max_leaf_nodes=None, min_samples_leaf=1,
-                early_stopping=False, random_state=random_state).fit(z_tr, y_tr[:, f])
-            r[:, f] = _hist_importances(model, d)
+            model = _boosted_trees().fit_boosted_trees(z_tr, y_tr[:, f], random_state=random_state)
+            r[:, f] = np.abs(model.importances)
         else:
-            raise ValueError(f"estimator must be 'gbt' or 'hist', got {estimator!r}")
+            model = _sklearn("sklearn.ensemble").GradientBoostingClassifier(random_state=random_state)
+            model.fit(z_tr, y_tr[:, f])
+            r[:, f] = np.abs(model.feature_importances_)
         acc_tr[f] = np.mean(model.predict(z_tr) == y_tr[:, f])
         acc_te[f] = np.mean(model.predict(z_te) == y_te[:, f])
     return torch.from_numpy(r), torch.from_numpy(acc_tr), torch.from_numpy(acc_te)
@@ -621,17 +614,16 @@ def dci(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z_test: Tens
       the test set (disentanglement_lib's ``informativeness_train`` / ``_test``; Eastwood &
       Williams used the prediction error instead).
 
-    The entropies add ``1e-11`` to every importance, as disentanglement_lib does. With
-    ``estimator="gbt"`` (the default) values are disentanglement_lib's up to the trees' tie
-    breaking, which ``benchmarks/dlib_metrics.py`` checks on codes of graded quality; the cost
-    is about 2 s per factor value at 10,000 training points on one core (dSprites' 113 values:
-    about 4 minutes). :func:`dci_lasso` is the fast alternative.
+    The entropies add ``1e-11`` to every importance, as disentanglement_lib does. Values are
+    disentanglement_lib's up to the trees' choice among equally good splits, which
+    ``benchmarks/dlib_metrics.py`` checks on codes of graded quality. :func:`dci_lasso` is the
+    ``fast`` protocol's alternative.
 
     Args:
         z_train, z_test: codes ``(N, D)``.
         v_train, v_test: factor indices ``(N, K)``.
-        estimator: ``"gbt"`` (disentanglement_lib's classifier) or ``"hist"`` (an approximation,
-            about 8 times faster; see :func:`gbt_importance`).
+        estimator: ``"gbt"`` (disentanglement_lib's classifier, grown in-library) or
+            ``"sklearn"`` (scikit-learn's own, slower; see :func:`gbt_importance`).
         random_state: seeds the trees' tie breaking.
 
     Returns:
@@ -973,7 +965,8 @@ def evaluate_disentanglement_dlib(encode_factors: EncodeFactors, factor_sizes: S
         bins: MIG histogram bins.
         prune_threshold: FactorVAE's collapsed-dimension threshold on the code's std.
         continuous: SAP's treatment of the factors (disentanglement_lib's study: discrete).
-        dci_estimator: ``"gbt"`` (disentanglement_lib's) or ``"hist"`` (faster approximation).
+        dci_estimator: ``"gbt"`` (disentanglement_lib's trees, grown in-library) or ``"sklearn"``
+            (scikit-learn's own classifier).
         batch_size: the most factor rows handed to ``encode_factors`` at once.
 
     Returns:
