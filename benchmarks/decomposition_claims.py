@@ -93,7 +93,9 @@ def run_one(claim: str, label: str, seed: int, args: argparse.Namespace) -> dict
     out |= {"test_recon_nll": rec["recon"], "test_kl": rec["kl"], "test_mse": rec["mse"]}
     t0 = time.perf_counter()
     if claim == "dsprites":
-        out |= disentanglement_metric(model, data.test, protocol=args.protocol, seed=seed)
+        timings: dict[str, float] = {}
+        out |= disentanglement_metric(model, data.test, protocol=args.protocol, seed=seed, timings=timings)
+        out |= {f"seconds_{k}": v for k, v in timings.items()}
     elif claim == "sparsity":
         out |= sparsity_metric(model, data.test, seed=seed)
     else:  # k-means for every model (same footing); the prior's own components where it has them

@@ -109,9 +109,11 @@ def evaluate(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     splits = load_data(cfg.data)
     rec = evaluate_reconstruction(model, splits.test)
     t0 = time.perf_counter()
-    scores = disentanglement_metric(model, splits.test, protocol=args.protocol, seed=seed)
+    timings: dict[str, float] = {}
+    scores = disentanglement_metric(model, splits.test, protocol=args.protocol, seed=seed, timings=timings)
     record = test_records(run_dir)[-1]
     result = {"row": row, "seed": seed, "run_dir": str(run_dir), **scores,
+              **{f"seconds_{k}": v for k, v in timings.items()},
               "test_recon": rec["recon"], "test_kl": rec["kl"], "metric_s": time.perf_counter() - t0,
               "samples_per_s": record["samples_per_second"], "steps": float(record["step"])}
     atomic_write_text(cache, json.dumps(result) + "\n")

@@ -278,9 +278,12 @@ def test_disentanglement_wrapper_defaults_to_the_dlib_protocol(tiny_dsprites_vae
     data = DSprites(split_indices(NUM_IMAGES, 0, test_size=100)[1])
     kw = {"n_train": 300, "n_test": 100, "n_points_train": 30, "n_points_eval": 20, "group_size": 4,
           "batch_size": 256}
-    out = METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), **kw)
+    timings: dict[str, float] = {}
+    out = METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), timings=timings, **kw)
     assert set(out) >= {"mig", "sap", "dci_disentanglement", "dci_informativeness_test", "betavae_score",
                         "factorvae_score"}
+    assert set(timings) == {"encode", "codes", "mig_sap", "dci", "betavae", "factorvae"}
+    assert all(t >= 0 for t in timings.values()) and timings["encode"] <= sum(timings.values())
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     with pytest.raises(TypeError):  # the fast protocol's options are not the dlib protocol's
         METRICS.get("disentanglement")(tiny_dsprites_vae, _splits(data), n_samples=400)
