@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _host import host_info
 
 import aelab
 from aelab.data.base import DataConfig, load_data
@@ -115,6 +117,14 @@ def run_one(claim: str, label: str, seed: int, args: argparse.Namespace) -> dict
     return out
 
 
+def _job(job: tuple[str, str, int, argparse.Namespace]) -> dict[str, float]:
+    claim, label, seed, args = job
+    torch.set_num_threads(args.threads)
+    row = run_one(claim, label, seed, args)
+    print(f"{label} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
@@ -144,6 +154,7 @@ def main() -> None:
     p.add_argument("claim", choices=sorted(CLAIMS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (processes of --threads threads each)")
     p.add_argument("--train-images", type=int, default=120_000, help="dSprites training images (one pass)")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
     p.add_argument("--protocol", choices=("dlib", "fast"), default="dlib",
@@ -155,14 +166,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
+    jobs = [(args.claim, label, int(seed), args) for label in CLAIMS[args.claim]["settings"]
+            for seed in args.seeds.split(",")]
+    if args.jobs > 1:  # each job one process of --threads threads; results in the order of the jobs
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            rows = pool.map(_job, jobs, chunksize=1)
+    else:
+        rows = [_job(job) for job in jobs]
     runs: dict[str, list[dict[str, float]]] = {}
-    for label in CLAIMS[args.claim]["settings"]:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            row = run_one(args.claim, label, seed, args)
-            runs.setdefault(label, []).append(row)
-            print(f"{label} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    for (_, label, _, _), row in zip(jobs, rows):
+        runs.setdefault(label, []).append(row)
     text = json.dumps({
         "benchmark": f"decomposition_claims/{args.claim}", "seeds": args.seeds, "threads": args.threads,
+        "jobs": args.jobs, "host": host_info(args.threads), "command": " ".join(sys.argv),
         "protocol": {k: v for k, v in CLAIMS[args.claim].items() if k != "settings"}
         | ({"train_images": args.train_images, "metrics": args.protocol} if args.claim == "dsprites" else {}),
         "aelab": aelab.__version__, "torch": torch.__version__, "python": platform.python_version(),
