@@ -1073,8 +1073,8 @@ def disentanglement_metric(model: nn.Module, data: ImageDataset, protocol: str =
       (:func:`evaluate_disentanglement_dlib`; the default of the registered ``disentanglement``
       metric). Each distinct combination is encoded once (:func:`encode_once`): on dSprites
       about 720,000 encodings, which for the 10-dimensional conv VAE of
-      ``channels=(32, 32, 64, 64)`` take about 7 minutes on 2 CPU cores, plus about 4 minutes
-      of gradient-boosted trees for DCI (``dci_estimator="hist"``: about 30 s).
+      ``channels=(32, 32, 64, 64)`` take minutes on 2 CPU cores (the bulk of the suite), and
+      DCI's boosted trees (in-library, :mod:`aelab.metrics.gbt`) about a minute.
     * ``"fast"``: today's quick estimators (:func:`evaluate_disentanglement`: 38,800
       encodings, 17-37 s on 2 shared cores for the same model; 24-47 s with ``sparsity`` and
       ``clustering`` added). MIG is disentanglement_lib's; SAP (:func:`sap_threshold`), DCI
