@@ -589,7 +589,8 @@ def gbt_importance(z_train: Tensor | np.ndarray, v_train: Tensor | np.ndarray, z
     acc_tr, acc_te = np.zeros(k), np.zeros(k)
     for f in range(k):
         if estimator == "gbt":
-            model = _boosted_trees().fit_boosted_trees(z_tr, y_tr[:, f], random_state=random_state)
+            model = _boosted_trees().fit_boosted_trees(z_tr, y_tr[:, f], random_state=random_state,
+                                                       threads=torch.get_num_threads())
             r[:, f] = np.abs(model.importances)
         else:
             model = _sklearn("sklearn.ensemble").GradientBoostingClassifier(random_state=random_state)

@@ -181,9 +181,11 @@ def _stage(xd: np.ndarray, order: np.ndarray, xs: np.ndarray, g: np.ndarray, vis
 
 
 def fit_boosted_trees(x: np.ndarray, y: np.ndarray, n_stages: int = 100, learning_rate: float = 0.1,
-                      depth: int = 3, random_state: int = 0) -> BoostedTrees:
+                      depth: int = 3, random_state: int = 0, threads: int | None = None) -> BoostedTrees:
     """Fit ``GradientBoostingClassifier(n_estimators, learning_rate, max_depth)`` (other options at
     scikit-learn's defaults) to features ``x (N, D)`` and labels ``y (N,)``.
+
+    ``threads``: how many of a stage's trees grow at once (``None``: numba's default, every core).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -214,6 +216,8 @@ def fit_boosted_trees(x: np.ndarray, y: np.ndarray, n_stages: int = 100, learnin
     vals = np.zeros((n_stages, t, 2**depth))
     importance = np.zeros((t, d))
     rng = np.random.default_rng(random_state)
+    if threads is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     for s in range(n_stages):
         if t > 1:
             e = np.exp(raw - raw.max(1, keepdims=True))
