@@ -1,5 +1,5 @@
 """The ``aelab`` command line: list, train, train-prior, eval, reconstruct, sample, traverse, interpolate,
-figures, rollout.
+figures, rollout, report.
 
 One module per command, each with ``add_parser(command)`` and ``run(args)``; the library logic
 they call lives in :mod:`aelab.runs`, :mod:`aelab.metrics.suite` and :mod:`aelab.report.run`.
@@ -17,7 +17,18 @@ import torch
 
 import aelab  # noqa: F401  (registers every model, data set and metric)
 from aelab.cli import eval as eval_command
-from aelab.cli import figures, interpolate, listing, reconstruct, rollout, sample, train, train_prior, traverse
+from aelab.cli import (
+    figures,
+    interpolate,
+    listing,
+    reconstruct,
+    report,
+    rollout,
+    sample,
+    train,
+    train_prior,
+    traverse,
+)
 from aelab.compat import MissingDependencyError
 from aelab.config import ConfigError
 from aelab.data.download import DownloadError
@@ -27,7 +38,8 @@ from aelab.training.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (listing, train, train_prior, eval_command, figures, sample, traverse, interpolate, reconstruct, rollout)
+COMMANDS = (listing, train, train_prior, eval_command, figures, sample, traverse, interpolate, reconstruct, rollout,
+            report)
 
 
 def build_parser() -> argparse.ArgumentParser:
