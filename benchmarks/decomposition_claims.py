@@ -117,11 +117,29 @@ def run_one(claim: str, label: str, seed: int, args: argparse.Namespace) -> dict
     return out
 
 
-def _job(job: tuple[str, str, int, argparse.Namespace]) -> dict[str, float]:
+def _cache_path(claim: str, label: str, seed: int, args: argparse.Namespace) -> Path | None:
+    """Where a finished run's row is kept (``--cache``), keyed by everything that changes it."""
+    if not args.cache:
+        return None
+    key = f"{claim}_{_slug(label)}_seed{seed}"
+    if claim == "dsprites":
+        key += f"_{args.train_images}img_{args.protocol}"
+    return Path(args.cache) / f"{key}.json"
+
+
+def _job(job: tuple[str, str, int, argparse.Namespace]) -> dict[str, float] | None:
     claim, label, seed, args = job
+    cache = _cache_path(claim, label, seed, args)
+    if cache is not None and cache.is_file():
+        return json.loads(cache.read_text())
+    if args.cached_only:
+        return None
     torch.set_num_threads(args.threads)
     row = run_one(claim, label, seed, args)
     print(f"{label} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(row) + "\n")
     return row
 
 
@@ -155,6 +173,9 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (processes of --threads threads each)")
+    p.add_argument("--cache", help="keep each finished run's results here and reuse them (a stopped study "
+                   "continues where it was)")
+    p.add_argument("--cached-only", action="store_true", help="run nothing: summarise the cached runs")
     p.add_argument("--train-images", type=int, default=120_000, help="dSprites training images (one pass)")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
     p.add_argument("--protocol", choices=("dlib", "fast"), default="dlib",
@@ -166,8 +187,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    jobs = [(args.claim, label, int(seed), args) for label in CLAIMS[args.claim]["settings"]
-            for seed in args.seeds.split(",")]
+    jobs = [(args.claim, label, int(seed), args) for seed in args.seeds.split(",")
+            for label in CLAIMS[args.claim]["settings"]]  # every setting's first seed first
     if args.jobs > 1:  # each job one process of --threads threads; results in the order of the jobs
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             rows = pool.map(_job, jobs, chunksize=1)
@@ -175,14 +196,15 @@ def main() -> None:
         rows = [_job(job) for job in jobs]
     runs: dict[str, list[dict[str, float]]] = {}
     for (_, label, _, _), row in zip(jobs, rows):
-        runs.setdefault(label, []).append(row)
+        if row is not None:
+            runs.setdefault(label, []).append(row)
     text = json.dumps({
         "benchmark": f"decomposition_claims/{args.claim}", "seeds": args.seeds, "threads": args.threads,
         "jobs": args.jobs, "host": host_info(args.threads), "command": " ".join(sys.argv),
         "protocol": {k: v for k, v in CLAIMS[args.claim].items() if k != "settings"}
         | ({"train_images": args.train_images, "metrics": args.protocol} if args.claim == "dsprites" else {}),
         "aelab": aelab.__version__, "torch": torch.__version__, "python": platform.python_version(),
-        "summary": summarise(runs), "runs": runs,
+        "seeds_done": {label: len(rows) for label, rows in runs.items()}, "summary": summarise(runs), "runs": runs,
     }, indent=2, default=list)
     print(text)
     if args.save:
