@@ -17,7 +17,6 @@ References:
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from aelab.nn.modes import eval_mode, evaluation
 from aelab.protocol import Model, require
 from aelab.registry import EPOCH_FIGURES
 from aelab.report.images import make_grid, reconstruction_grid, save_image_grid
+from aelab.training.trainer import read_metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -285,14 +285,6 @@ def plot_kl_per_dimension(kl: Sequence[float] | Tensor, path: str | Path, title:
     return _save(fig, path)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
-
-
 def _smooth(values: np.ndarray) -> np.ndarray:
     """Centred moving average over about an eighth of the points (no lag, unlike an EMA)."""
     w = max(1, len(values) // 8) | 1  # odd window
@@ -310,7 +302,7 @@ def plot_training_curves(metrics: str | Path, path: str | Path, title: str = "Tr
     active units on a second axis), the test perplexity (text runs) and the test reconstruction
     error. 600 px high, 520 px per panel.
     """
-    records = _read_metrics(Path(metrics))
+    records = read_metrics(Path(metrics))
     train = [r for r in records if r.get("split") == "train"]
     test = [r for r in records if r.get("split") == "test"]
 
