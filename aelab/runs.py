@@ -225,12 +225,20 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A run config (``config.json``) as dotted keys, as ``--set`` addresses them
+    (``model_config.`` is ``model.``).
+
+    Example:
+        >>> flatten_config({"model": "vae", "model_config": {"beta": 4.0, "backbone": {"hidden": [64]}}})
+        {'model': 'vae', 'model.beta': 4.0, 'model.backbone.hidden': [64]}
+    """
+    if not isinstance(config, dict):
+        return {prefix: config}
     out: dict[str, Any] = {}
-    for k, v in d.items():
-        out |= _flatten(v, f"{prefix}.{k}" if prefix else k)
+    for key, value in config.items():
+        name = "model" if not prefix and key == "model_config" else str(key)
+        out |= flatten_config(value, f"{prefix}.{name}" if prefix else name)
     return out
 
 
@@ -263,8 +271,8 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     check_run_directory(run_dir, resume=True)
     saved = load_run_config(run_dir)
     new = saved.with_overrides(overrides)
-    before, after = _flatten(saved.to_dict()), _flatten(new.to_dict())
-    changed = sorted(k.replace("model_config.", "model.") for k in before.keys() | after.keys()
+    before, after = flatten_config(saved.to_dict()), flatten_config(new.to_dict())
+    changed = sorted(k for k in before.keys() | after.keys()
                      if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
     if changed:
         raise ConfigError(f"a resumed run continues exactly what it started, so {', '.join(changed)} cannot change "

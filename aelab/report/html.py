@@ -47,7 +47,7 @@ from aelab.report.figures import _figure, _save
 from aelab.report.images import reconstruction_grid, save_image_grid
 from aelab.report.run import write_figures
 from aelab.report.text import decode_sentences, homotopy
-from aelab.runs import load_run_with_data, load_vocabulary
+from aelab.runs import flatten_config, load_run_with_data, load_vocabulary
 from aelab.training.trainer import read_metrics
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "best_metrics",
     "collect_runs",
     "final_metrics",
-    "flatten_config",
     "plot_setting_curves",
     "render_html",
     "run_report",
@@ -121,7 +120,7 @@ class RunReport:
     Attributes:
         path: the run directory.
         label: its name in the report (the path as given, or ``GROUP/NAME`` inside a group).
-        config: the run's ``config.json``, flattened to dotted keys (:func:`flatten_config`).
+        config: the run's ``config.json``, flattened to dotted keys (:func:`aelab.runs.flatten_config`).
         records: the records of its ``metrics.jsonl`` (empty without one).
         final: the last test evaluation's metrics, and ``train_loss``: the last logged train loss.
         best: metric -> (best value, step) over the test evaluations (:func:`best_metrics`).
@@ -175,22 +174,6 @@ class GroupSummary:
     metric: str | None = None
     curves: Picture | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A run's ``config.json`` as dotted keys, as ``--set`` addresses them (``model_config.`` is ``model.``).
-
-    Example:
-        >>> flatten_config({"model": "vae", "model_config": {"beta": 4.0, "backbone": {"hidden": [64]}}})
-        {'model': 'vae', 'model.beta': 4.0, 'model.backbone.hidden': [64]}
-    """
-    if not isinstance(config, dict):
-        return {prefix: config}
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = "model" if not prefix and key == "model_config" else str(key)
-        out |= flatten_config(value, f"{prefix}.{name}" if prefix else name)
-    return out
 
 
 def _is_number(value: Any) -> bool:
