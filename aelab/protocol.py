@@ -116,20 +116,31 @@ class StepContext:
 
     Attributes:
         autocast: a context manager factory for the forward pass (the trainer's precision).
-        grad_clip: the trainer's gradient-norm clip (``None``: none); :meth:`clip` applies it.
+        grad_clip: the trainer's gradient-norm clip (``None``: none); :meth:`finish_gradients` applies it.
         check_finite: ``check_finite(what, value, terms)`` raises the trainer's non-finite error.
         draw: ``draw(i)``: the ``i``-th extra training batch of this step (``i >= 1``), random
             examples that are a pure function of the run's seed, the step and ``i`` (so a resumed
             run draws the same ones); ``None`` outside the trainer.
+        sync: ``sync(params)``: under torchrun, replaces each gradient of ``params`` by the
+            global batch's (the ranks' gradients combined, weighted by their share of the
+            batch); ``None`` in one process.
+        world_size: processes training together (torchrun); 1 in one process.
     """
 
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_clip: float | None
     check_finite: Callable[[str, float, dict[str, torch.Tensor]], None]
     draw: Callable[[int], Batch] | None = None
+    sync: Callable[[list[torch.nn.Parameter]], None] | None = None
+    world_size: int = 1
 
-    def clip(self, params: Any) -> None:
-        """Clip the gradient norm of ``params`` to ``grad_clip`` (if set), checking it is finite."""
+    def finish_gradients(self, params: Any) -> None:
+        """Call between ``backward()`` and ``optimizer.step()`` for ``params``: combine their
+        gradients over the ranks (under torchrun), then clip their norm to ``grad_clip`` (if
+        set), checking it is finite."""
+        params = list(params)
+        if self.sync is not None:
+            self.sync(params)
         if self.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip).item()
             self.check_finite("gradient norm", norm, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from aelab import distributed
 from aelab.config import ConfigError, apply_overrides, from_dict, load_json, to_dict
 from aelab.data.base import DataConfig, DatasetInfo, DataSplits, Split, load_data
 from aelab.data.batches import eval_batches
@@ -303,11 +305,30 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     usable from the start. ``on_start(trainer)`` runs before training (e.g. to print); when
     resuming, ``trainer.resumed_from`` is the step it continues from.
 
+    Started by torchrun (``WORLD_SIZE`` > 1 in the environment), the process joins the process
+    group (:func:`aelab.distributed.init_from_environment`) and trains data-parallel; rank 0
+    writes the run directory and alone calls ``on_start`` and ``on_epoch_end``.
+
     Returns:
-        The trainer and the last evaluation metrics.
+        The trainer and the last evaluation metrics (rank 0's; other ranks: the training logs).
     """
     if cfg.data is None:
         raise ConfigError(f"model {cfg.model!r}: a run needs a data section")
+    try:
+        setup = distributed.init_from_environment(resolve_device(cfg.trainer.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        return _train_run(cfg, run_dir, resume, on_epoch_end, on_start, init_from)
+    finally:
+        if setup is not None:
+            setup.close()
+
+
+def _train_run(cfg: RunConfig, run_dir: str | Path, resume: bool, on_epoch_end: list[Callback] | None,
+               on_start: Callable[[Trainer], None] | None,
+               init_from: str | Path | None) -> tuple[Trainer, dict[str, float]]:
+    first = distributed.rank() == 0
     data = load_data(cfg.data)
     cfg = fit_config_to_data(cfg, data.info)
     torch.manual_seed(cfg.trainer.seed)
@@ -319,14 +340,15 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     run_config = cfg.to_dict() | ({"parent": {"init_from": str(init_from)}} if init_from is not None else {})
     # the per-epoch evaluation runs on the validation split where the data set has one
     trainer = Trainer(model, data.train, data.valid or data.test, cfg.trainer, run_dir=run_dir,
-                      on_epoch_end=on_epoch_end, run_config=run_config)
+                      on_epoch_end=on_epoch_end if first else None, run_config=run_config)
     trainer.class_names = data.info.class_names  # legends of the per-epoch pictures
     trainer.data_info = data.info  # what loading the data changed, for on_start to tell
-    with RunLock(run_dir):
-        check_vocabulary(run_dir, data.info.vocab, save=not resume)
+    with RunLock(run_dir) if first else contextlib.nullcontext():
+        if first or resume:  # under torchrun rank 0 writes a new run's vocabulary
+            check_vocabulary(run_dir, data.info.vocab, save=not resume)
         if resume:
             trainer.resume()  # here, so on_start can say where the run continues from
-        if on_start is not None:
+        if on_start is not None and first:
             on_start(trainer)
         return trainer, trainer.fit(resume=resume)
 

@@ -290,7 +290,7 @@ class ToyGAN(Model):
         d_opt.zero_grad(set_to_none=True)
         d_loss = self._d_loss(real, self.sample(len(real)).detach()).mean()
         d_loss.backward()
-        ctx.clip(self.discriminator.parameters())
+        ctx.finish_gradients(self.discriminator.parameters())
         d_opt.step()
         g_opt.zero_grad(set_to_none=True)
         logits = self.discriminator(self.sample(len(real)))

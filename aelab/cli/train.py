@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aelab.config import ConfigError
+from aelab.distributed import environment_rank
 from aelab.registry import DATASETS, MODELS
 from aelab.runs import RunConfig, check_run_directory, load_run_config, new_run_dir, resume_config, train_run
 
@@ -49,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(args.set)
         run_dir = Path(args.out) if args.out else new_run_dir(cfg)
         args.run_dir = run_dir
-        check_run_directory(run_dir, False, f"aelab train --resume {run_dir}")
+        if environment_rank() == 0:  # under torchrun rank 0 creates the directory the others then find
+            check_run_directory(run_dir, False, f"aelab train --resume {run_dir}")
 
     def started(trainer) -> None:
-        for note in trainer.data_info.notes if trainer.data_info is not None else ():
+        for note in [*(trainer.data_info.notes if trainer.data_info is not None else ()), *trainer.notes]:
             print(f"note: {note}", flush=True)
         data, shape = trainer.train_data, getattr(trainer.train_data, "shape", None)
         what = " examples"
@@ -66,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
         step = f" from step {trainer.resumed_from} of {trainer.total_steps}" if trainer.resumed_from is not None else (
             f" for {trainer.total_steps} steps")
         init = f" from the weights of {args.init_from}" if args.init_from else ""
+        procs = f", {trainer.world_size} processes (torchrun)" if trainer.world_size > 1 else ""
         print(f"{'resuming' if args.resume else 'training'} {cfg.model}{init} on {source} "
-              f"({len(data)} train / {len(trainer.test_data)} test{what}){step} -> {run_dir}", flush=True)
+              f"({len(data)} train / {len(trainer.test_data)} test{what}){step}{procs} -> {run_dir}", flush=True)
 
     trainer, _ = train_run(cfg, run_dir, resume=bool(args.resume), on_epoch_end=[_epoch_printer], on_start=started,
                            init_from=args.init_from)
-    if trainer.resumed_from is None or trainer.resumed_from < trainer.total_steps:
+    if environment_rank() == 0 and (trainer.resumed_from is None or trainer.resumed_from < trainer.total_steps):
         print(f"done: {run_dir}")
     return 0
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from aelab.distributed import all_gather_cat, all_reduce_, broadcast_
 from aelab.nn.kmeans import kmeans, squared_distances
 from aelab.nn.precision import float32_region, upcast
 
@@ -184,7 +185,7 @@ class VectorQuantizer(nn.Module):
         z = z_e.movedim(1, -1)  # (B, *S, D)
         flat = z.reshape(-1, self.dim)  # (N, D), N = B * prod(S)
         if update and not bool(self.initialised):
-            self._initialise(flat.detach())
+            self._initialise(all_gather_cat(flat.detach()))
         with torch.no_grad():
             codes = nearest_code(flat, self.codebook)  # (N,)
         e = F.embedding(codes, self.codebook)  # (N, D); with EMA a buffer: no gradient
@@ -195,8 +196,8 @@ class VectorQuantizer(nn.Module):
         z_q = (e.detach() + (flat - flat.detach())).reshape(z.shape).movedim(-1, 1)
         counts = torch.bincount(codes, minlength=self.num_codes)  # (K,)
         stats = {"perplexity": perplexity(counts), "codes_used": (counts > 0).sum()}
-        if update:
-            stats["dead_codes"] = self._update(flat.detach(), codes, counts)
+        if update:  # under torchrun: from the statistics of the whole global batch (aelab.distributed)
+            stats["dead_codes"] = self._update(flat.detach(), codes, all_reduce_(counts.clone()))
         return Quantized(z_q, codes.reshape(z.shape[:-1]), codebook_loss, commitment_loss, stats)
 
     # --- training-time state: initialisation, EMA, dead codes ---------------------------------
@@ -212,7 +213,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _initialise(self, z: Tensor) -> None:
         if self.cfg.kmeans_init:
-            codebook = codebook_kmeans(z, self.num_codes, self.cfg.kmeans_iters)
+            codebook = broadcast_(codebook_kmeans(z, self.num_codes, self.cfg.kmeans_iters))  # rank 0's draw
             self._set_codes(torch.arange(self.num_codes, device=z.device), codebook)
         self.initialised.fill_(True)
 
@@ -221,7 +222,7 @@ class VectorQuantizer(nn.Module):
         """EMA codebook update, usage counters and dead-code restart; returns the dead-code count."""
         cfg = self.cfg
         if cfg.ema:
-            sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z)  # (K, D)
+            sums = all_reduce_(torch.zeros_like(self.embed_sum).index_add_(0, codes, z))  # (K, D), all ranks
             self.cluster_size.mul_(cfg.decay).add_(counts.to(z.dtype), alpha=1 - cfg.decay)
             self.embed_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
             total = self.cluster_size.sum()
@@ -231,8 +232,9 @@ class VectorQuantizer(nn.Module):
         if cfg.dead_after == 0:
             return torch.zeros((), dtype=torch.long, device=z.device)
         dead = (self.steps_unused >= cfg.dead_after).nonzero().squeeze(1)
-        if cfg.restart_dead and len(dead):
-            pick = torch.randint(z.shape[0], (len(dead),), device=z.device)
+        if cfg.restart_dead and len(dead):  # every rank finds the same dead codes (global counts)
+            z = all_gather_cat(z)
+            pick = broadcast_(torch.randint(z.shape[0], (len(dead),), device=z.device))  # rank 0's draw
             self._set_codes(dead, z[pick])
             self.steps_unused[dead] = 0
             self.restarts.add_(len(dead))

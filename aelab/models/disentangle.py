@@ -339,6 +339,6 @@ class FactorVAE(Model):
             opt.zero_grad(set_to_none=True)
         lo.loss.backward()
         for opt in optimizers.values():
-            ctx.clip([p for group in opt.param_groups for p in group["params"]])
+            ctx.finish_gradients([p for group in opt.param_groups for p in group["params"]])
             opt.step()
         return {"loss": lo.loss.item(), **{k: v.item() for k, v in lo.terms.items()}}

@@ -351,7 +351,7 @@ class TextVAE(_SentenceModel):
             for p in frozen:
                 p.requires_grad_(True)
         params = [p for g in groups for group in optimizers[g].param_groups for p in group["params"]]
-        ctx.clip(params)
+        ctx.finish_gradients(params)
         for g in groups:
             optimizers[g].step()
         return lo, out
@@ -365,6 +365,9 @@ class TextVAE(_SentenceModel):
         cfg = self.config
         inner = 0
         if bool(self.aggressive_on):
+            if ctx.world_size > 1:  # each rank would stop its inner loop on its own losses: a deadlock
+                raise ValueError("model.aggressive: aggressive training runs in one process, not under torchrun "
+                                 f"({ctx.world_size} processes)")
             if ctx.draw is None:
                 raise ValueError("aggressive training draws extra batches: run it under aelab's Trainer")
             previous, window = math.inf, 0.0

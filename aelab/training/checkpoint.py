@@ -23,9 +23,21 @@ from aelab.io import atomic_path, read_safetensors, tensors_sha256
 STATE_NAME = "trainer_state.safetensors"
 
 
+def rng_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """This process's RNG state: torch's CPU generator and, for a model on CUDA, its device's."""
+    state = {"torch": torch.get_rng_state()}
+    device = _cuda_device(model)
+    if device is not None:  # training draws (reparameterisation noise) come from the CUDA generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                    meta: dict[str, Any]) -> None:
-    """Write model, optimizers (``{group name: optimizer}``), RNG and ``meta`` to ``path`` atomically."""
+                    meta: dict[str, Any], rng_states: list[dict[str, torch.Tensor]] | None = None) -> None:
+    """Write model, optimizers (``{group name: optimizer}``), RNG and ``meta`` to ``path`` atomically.
+
+    ``rng_states``: each rank's :func:`rng_state` under torchrun (rank 0's is stored as
+    ``rng.torch``, rank ``r``'s as ``rng.torch.rank{r}``); default: this process's."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().contiguous()
@@ -40,17 +52,19 @@ def save_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
                 if not torch.is_tensor(v):
                     raise TypeError(f"optimizer {group!r} state {pid}.{k} is not a tensor ({type(v).__name__})")
                 tensors[f"optim.{group}.{pid}.{k}"] = v.detach().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    device = _cuda_device(model)
-    if device is not None:  # training draws (reparameterisation noise) come from the CUDA generator
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    info = {**meta, "optimizers": param_groups}
+    for r, state in enumerate(rng_states or [rng_state(model)]):
+        for kind, value in state.items():
+            tensors[f"rng.{kind}" + (f".rank{r}" if r else "")] = value.cpu()
+    info = {**meta, "optimizers": param_groups, "world_size": len(rng_states or [None])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info), "sha256": tensors_sha256(tensors)})
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    """Restore model, optimizers and RNG from ``path``; returns the metadata (step, epoch, ...)."""
+def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                    rank: int = 0) -> dict[str, Any]:
+    """Restore model, optimizers and RNG from ``path``; returns the metadata (step, epoch, ...,
+    ``world_size``: the processes that wrote it, ``rng_restored``: whether the checkpoint held
+    the RNG state of ``rank``, this process's rank under torchrun)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: nothing to resume from")
     tensors, metadata = read_safetensors(path, "trainer checkpoint")
@@ -72,10 +86,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
             states[group].setdefault(int(pid), {})[name] = v
     for group, optimizer in optimizers.items():
         optimizer.load_state_dict({"state": states[group], "param_groups": saved[group]})
-    torch.set_rng_state(tensors["rng.torch"])
-    device = _cuda_device(model)
-    if device is not None and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    suffix = f".rank{rank}" if rank else ""
+    meta.setdefault("world_size", 1)
+    meta["rng_restored"] = f"rng.torch{suffix}" in tensors
+    if meta["rng_restored"]:
+        torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+        device = _cuda_device(model)
+        if device is not None and f"rng.cuda{suffix}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], device)
     return meta
 
 

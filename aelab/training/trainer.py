@@ -8,6 +8,14 @@ model's registry entry names. Everything that changes with time is a pure functi
 (learning-rate and weight schedules, the data order), and the one stateful thing, torch's RNG, is
 checkpointed with the weights and every optimizer. So a run stopped after any checkpoint and
 resumed ends bit-identical (on CPU, same thread count) to an uninterrupted run.
+
+Under torchrun (a process group of :mod:`aelab.distributed` is initialised) the same loop is
+data-parallel: every rank draws the same global batch of ``batch_size`` examples and trains on
+its contiguous share, gradients are averaged by DistributedDataParallel (a model's own step
+combines them through :meth:`StepContext.finish_gradients`), the logged losses are the global
+batch's, rank 0 alone evaluates, draws and writes (checkpoints with every rank's RNG state,
+``metrics.jsonl``, TensorBoard, the progress bar), and resume stays bit-identical at the same
+number of processes.
 """
 
 from __future__ import annotations
@@ -23,17 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from aelab import distributed
 from aelab.batch import Batch
 from aelab.data.base import Split
-from aelab.data.batches import steps_per_epoch, train_batches
+from aelab.data.batches import batch_indices, steps_per_epoch
 from aelab.io import RunLock, atomic_write_text, remove_orphan_temporaries
+from aelab.outputs import LossOutput
 from aelab.protocol import Model, StepContext, model_spec
 from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES, MODELS
 from aelab.schedules import lr_multiplier
 from aelab.training import optim
-from aelab.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+from aelab.training.checkpoint import STATE_NAME, load_checkpoint, rng_state, save_checkpoint
 
 # torch's Adam/AdamW with a leaner fused step (bitwise the same updates; aelab.training.optim)
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": optim.Adam, "adamw": optim.AdamW}
@@ -190,6 +202,24 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNG in a fresh torchrun run: ``seed`` itself on rank 0 (so
+    rank 0 draws what a single process would), a different stream on every other rank."""
+    return seed if rank == 0 else (seed * 1_000_003 + rank) * 7_919 + 104_729
+
+
+class LossForward(nn.Module):
+    """``model.loss`` as a module's ``forward``, the call DistributedDataParallel wraps (its
+    parameters are the model's own)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, step: int) -> LossOutput:
+        return self.model.loss(batch, step)
+
+
 def epoch_callbacks(model: Model) -> tuple[Callable | None, Callable | None]:
     """The per-epoch evaluation ``f(model, split, trainer_cfg)`` and pictures
     ``f(model, split, out_dir, epoch, class_names)`` that ``model``'s registry entry names
@@ -256,6 +286,12 @@ class Trainer:
         self.callbacks = list(on_epoch_end or [])
         self.run_config = run_config
         self.device = resolve_device(cfg.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if self.world_size > 1 and self.device.type == "cuda":  # torchrun: this rank's own GPU
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"trainer.batch_size={cfg.batch_size} is the global batch and must divide evenly over "
+                             f"the {self.world_size} processes; choose a multiple of {self.world_size}")
         model.to(self.device)
         self.own_step = model.capabilities.own_step
         self.optimizers: dict[str, torch.optim.Optimizer] = {
@@ -266,7 +302,15 @@ class Trainer:
             raise ValueError(f"model {model.name!r} has {len(self.optimizers)} optimizer groups but no train_step "
                              "of its own (capabilities.own_step)")
         self._context = StepContext(autocast=self._autocast, grad_clip=cfg.grad_clip, check_finite=self._check_finite,
-                                    draw=self._draw)
+                                    draw=self._draw, sync=self._sync if self.world_size > 1 else None,
+                                    world_size=self.world_size)
+        # the loss through DistributedDataParallel under torchrun (gradients averaged during backward)
+        self._loss: Callable[[Batch, int], LossOutput] = model.loss
+        if self.world_size > 1 and not self.own_step:
+            self._loss = DistributedDataParallel(LossForward(model))
+        self._share = 1.0  # this rank's share of the current global batch
+        #: what a resume found worth telling (e.g. a different number of processes); the CLI prints it
+        self.notes: list[str] = []
         self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -276,6 +320,11 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self._writer = None
         self._checkpoint_step: int | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0 under torchrun)."""
+        return self.run_dir is not None and self.rank == 0
 
     # --- bookkeeping --------------------------------------------------------------------------
     @property
@@ -290,7 +339,7 @@ class Trainer:
         return self.step // self.steps_per_epoch
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
+        if not self.writes:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -311,9 +360,17 @@ class Trainer:
         """Write a resumable checkpoint and the current weights (each file atomically).
 
         Refuses (:class:`NonFiniteLossError`) when a weight or an optimizer moment is not finite,
-        so a checkpoint on disk is always one training can continue from.
+        so a checkpoint on disk is always one training can continue from. Under torchrun every
+        rank must call it (it gathers their RNG states); rank 0 writes.
         """
         if self.run_dir is None:
+            return
+        states = [rng_state(self.model)]
+        if self.world_size > 1:
+            states = [{k: distributed.all_gather_cat(v[None])[r] for k, v in states[0].items()}
+                      for r in range(self.world_size)]
+        if not self.writes:
+            self._checkpoint_step = self.step
             return
         for what, tensors in [("weight", self.model.parameters()),
                               *[(f"{g} optimizer state", (v for st in opt.state.values() for v in st.values()
@@ -322,7 +379,7 @@ class Trainer:
             if not all(bool(torch.isfinite(t).all()) for t in tensors):
                 self._non_finite(f"a {what}", float("nan"), {})
         save_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers,
-                        {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps})
+                        {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps}, states)
         extra = {k: v for k, v in (self.run_config or {}).items() if k not in ("model", "model_config")}
         self.model.save_pretrained(self.run_dir, extra_config=extra)
         self._checkpoint_step = self.step
@@ -331,12 +388,18 @@ class Trainer:
         """Continue from ``run_dir``'s checkpoint: weights, optimizer, RNG and step."""
         if self.run_dir is None:
             raise ValueError("resume needs a run directory")
-        meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers)
+        meta = load_checkpoint(self.run_dir / STATE_NAME, self.model, self.optimizers, self.rank)
         self.step = int(meta["step"])
         self._checkpoint_step = self.step
         self.resumed_from = self.step
+        if meta["world_size"] != self.world_size:
+            self.notes.append(f"the checkpoint was written by {meta['world_size']} process(es), this run has "
+                              f"{self.world_size}: it continues from step {self.step} at the same data position "
+                              "(same global batch), but the result is not bit-identical to an uninterrupted run")
+        if not meta["rng_restored"]:  # a rank the checkpoint's run did not have: a stream of its own
+            torch.manual_seed(rank_seed(self.cfg.seed, self.rank) + self.step)
         metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file():  # drop records written after the checkpoint: they will be redone
+        if self.writes and metrics.is_file():  # drop records written after the checkpoint: they will be redone
             atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in read_metrics(metrics)
                                                if r["step"] <= self.step))
 
@@ -348,8 +411,8 @@ class Trainer:
         runs, removes the temporary files of writes a killed process left, and a fresh run writes
         its step-0 checkpoint right after seeding, so a run stopped at any step resumes exactly.
         """
-        with RunLock(self.run_dir) if self.run_dir is not None else contextlib.nullcontext():
-            if self.run_dir is not None:
+        with RunLock(self.run_dir) if self.writes else contextlib.nullcontext():
+            if self.writes:
                 remove_orphan_temporaries(self.run_dir)
             return self._fit(resume)
 
@@ -359,14 +422,14 @@ class Trainer:
             if self.resumed_from is None:
                 self.resume()
         else:
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(rank_seed(cfg.seed, self.rank))
             self.save()  # step 0: the config, the initial weights and the seeded RNG
-        if self.run_dir is not None:
+        if self.writes:
             self._open_writer()
         self.model.train()
         bar = None
         epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        if cfg.progress:
+        if cfg.progress and self.rank == 0:
             bar = tqdm(total=self.total_steps, initial=self.step, disable=None, dynamic_ncols=True,
                        desc=f"epoch {min(self.epoch + 1, epochs)}/{epochs}")
         # short runs log their training losses too (a few records an epoch at least)
@@ -376,9 +439,9 @@ class Trainer:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 t0 = time.perf_counter()
                 seen = 0
-                for batch in train_batches(self.train_data, cfg.batch_size, cfg.seed, epoch, start):
-                    logs = self._train_step(batch)
-                    seen += len(batch)
+                for idx in batch_indices(self.train_data, cfg.batch_size, cfg.seed, epoch, start):
+                    logs = self._train_step(self._local_batch(idx))
+                    seen += len(idx)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
@@ -415,6 +478,38 @@ class Trainer:
         idx = torch.randperm(n, generator=g)[: min(self.cfg.batch_size, n)]
         return self.train_data.get_batch(idx).to(self.device, non_blocking=True)
 
+    def _local_batch(self, idx: torch.Tensor) -> Batch:
+        """This rank's share of the global batch ``idx`` (all of it in one process)."""
+        if self.world_size == 1:
+            return self.train_data.get_batch(idx)
+        mine = distributed.shard(idx, self.rank, self.world_size)
+        # DDP averages the ranks' gradients; weighting each rank's loss by its share makes that
+        # average the global batch's gradient also when the last batch of an epoch is uneven
+        # (a rank left without examples computes on one with weight 0)
+        self._share = len(mine) / len(idx)
+        return self.train_data.get_batch(mine if len(mine) else idx[:1])
+
+    def _sync(self, params: list[nn.Parameter]) -> None:
+        """A model's own step: each gradient becomes the global batch's (the ranks' gradients
+        weighted by their share of the batch, summed)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(self._share)
+        distributed.all_reduce_(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """The logged values of the global batch: each rank's weighted by its share, summed."""
+        if self.world_size == 1:
+            return logs
+        keys = sorted(logs)
+        values = distributed.all_reduce_(torch.tensor([logs[k] * self._share for k in keys], dtype=torch.float64))
+        return dict(zip(keys, values.tolist()))
+
     def _check_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
         limit = self.cfg.divergence
         if not math.isfinite(value) or (what == "loss" and limit is not None and abs(value) > limit):
@@ -428,28 +523,34 @@ class Trainer:
                 group["lr"] = lr
         batch = batch.to(self.device, non_blocking=True)
         if self.own_step:
-            logs = self.model.train_step(batch, self.step, self.optimizers, self._context)
+            logs = self._global_logs(self.model.train_step(batch, self.step, self.optimizers, self._context))
             self._check_finite("loss", logs["loss"], {})
             self.step += 1
             return {**logs, "lr": lr}
         optimizer = self.optimizer
         dtype = PRECISIONS[cfg.precision]
         if dtype is None:
-            out = self.model.loss(batch, self.step)
+            out = self._loss(batch, self.step)
         else:
             with torch.autocast(self.device.type, dtype=dtype):
-                out = self.model.loss(batch, self.step)
-        loss = out.loss.item()
+                out = self._loss(batch, self.step)
+        if self.world_size == 1:
+            loss = out.loss.item()
+            logs = {"loss": loss, **{k: v.item() for k, v in out.terms.items()}}
+        else:  # every rank checks (and logs) the global batch's values, so all stop together
+            logs = self._global_logs({"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}})
+            loss = logs["loss"]
         self._check_finite("loss", loss, out.terms)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        scale = self._share * self.world_size  # 1 except on an uneven last batch under torchrun
+        (out.loss if scale == 1.0 else out.loss * scale).backward()
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
             if not math.isfinite(norm):
                 self._non_finite("gradient norm", norm, out.terms)
         optimizer.step()
         self.step += 1
-        return {"loss": loss, **{k: v.item() for k, v in out.terms.items()}, "lr": lr}
+        return {**logs, "lr": lr}
 
     def _non_finite(self, what: str, value: float, terms: dict[str, torch.Tensor]) -> None:
         detail = "; terms: " + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()) if terms else ""
@@ -465,6 +566,10 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, seconds: float, seen: int) -> None:
         metrics: dict[str, Any] = {"step": self.step, "epoch": epoch, "split": "test"}
+        if self.rank != 0:  # rank 0 evaluates and writes; the others wait for it in save()
+            self.model.train()
+            self.save()
+            return
         # evaluation and pictures must not consume the training RNG stream (exact resume)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if self.test_data is not None and self.evaluate is not None:
