@@ -48,7 +48,7 @@ from aelab.report.images import reconstruction_grid, save_image_grid
 from aelab.report.run import write_figures
 from aelab.report.text import decode_sentences, homotopy
 from aelab.runs import flatten_config, load_run_with_data, load_vocabulary
-from aelab.training.trainer import read_metrics
+from aelab.training.results import METRICS_NAME, NOT_METRICS, final_metrics, is_number, read_run_metrics
 
 __all__ = [
     "GroupSummary",
@@ -65,12 +65,6 @@ __all__ = [
     "summarize_group",
     "write_report",
 ]
-
-METRICS_NAME = "metrics.jsonl"
-
-#: record keys that are bookkeeping, not results: left out of the metric tables
-NOT_METRICS = frozenset({"step", "epoch", "split", "time", "seconds", "samples_per_second", "mutual_info_max",
-                         "iwae_k", "tokens", "lr"})
 
 #: the field that tells replicates of one setting apart (pooled in a group's summary)
 REPLICATE_FIELD = "trainer.seed"
@@ -176,30 +170,6 @@ class GroupSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def final_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The last test evaluation's metrics (per-dimension KLs and bookkeeping left out) and
-    ``train_loss``, the last logged training loss.
-
-    Example:
-        >>> final_metrics([{"step": 5, "split": "train", "loss": 3.0},
-        ...                {"step": 5, "split": "test", "loss": 2.5, "kl_dim_0": 0.1, "seconds": 1.0}])
-        {'loss': 2.5, 'train_loss': 3.0}
-    """
-    out: dict[str, float] = {}
-    test = [r for r in records if r.get("split") == "test"]
-    if test:
-        out = {k: float(v) for k, v in test[-1].items()
-               if k not in NOT_METRICS and not k.startswith("kl_dim_") and _is_number(v)}
-    train = [r for r in records if r.get("split") == "train" and _is_number(r.get("loss"))]
-    if train:
-        out["train_loss"] = float(train[-1]["loss"])
-    return out
-
-
 def metric_direction(name: str) -> int:
     """``-1`` where lower is better (losses, NLL, perplexity, errors), ``+1`` where higher is
     (an ELBO, accuracy, BLEU), ``0`` where neither (KL, mutual information, active units).
@@ -232,25 +202,11 @@ def best_metrics(records: Sequence[dict[str, Any]]) -> dict[str, tuple[float, in
             continue
         for k, v in r.items():
             sign = metric_direction(k)
-            if k in NOT_METRICS or not sign or not _is_number(v) or not math.isfinite(v):
+            if k in NOT_METRICS or not sign or not is_number(v) or not math.isfinite(v):
                 continue
             if k not in best or sign * v > sign * best[k][0]:
                 best[k] = (float(v), int(r["step"]))
     return best
-
-
-def read_run_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` (none without one). Unlike resuming, which drops a
-    last line cut short by a kill, the report refuses it: its curves would be drawn from it."""
-    path = run_dir / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = read_metrics(path)  # ValueError naming the file and line for any other bad line
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if len(records) != len(lines):
-        raise ValueError(f"{path}, line {len(path.read_text().splitlines())}: not a JSON record (cut short: a run "
-                         "killed while writing, or still writing it); resume the run or delete that line")
-    return records
 
 
 def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunGroup]]:
@@ -400,7 +356,7 @@ def _label(setting: dict[str, Any]) -> str:
 def _curve(records: Sequence[dict[str, Any]], metric: str) -> dict[int, float]:
     split = "train" if metric == "train_loss" else "test"
     key = "loss" if metric == "train_loss" else metric
-    return {int(r["step"]): float(r[key]) for r in records if r.get("split") == split and _is_number(r.get(key))}
+    return {int(r["step"]): float(r[key]) for r in records if r.get("split") == split and is_number(r.get(key))}
 
 
 def plot_setting_curves(curves: Sequence[tuple[str, Sequence[dict[int, float]]]], metric: str,
@@ -538,7 +494,7 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if _is_number(value):
+    if is_number(value):
         return f"{value:.5g}" if isinstance(value, float) else str(value)
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -547,7 +503,7 @@ def _cell(value: Any) -> str:
     """A table cell; numbers right-aligned and sorted by value, blanks sorted last."""
     if value is None:
         return '<td data-sort=""></td>'
-    if _is_number(value):
+    if is_number(value):
         sort = repr(float(value)) if math.isfinite(value) else ""
         return f'<td class="num" data-sort="{_e(sort)}">{_e(_fmt(value))}</td>'
     return f"<td>{_e(_fmt(value))}</td>"
