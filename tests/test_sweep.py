@@ -22,6 +22,7 @@ from aelab.cli import main
 from aelab.compat import MissingDependencyError
 from aelab.config import ConfigError
 from aelab.protocol import CONFIG_NAME, WEIGHTS_NAME
+from aelab.report.html import collect_runs, write_report
 from aelab.runs import RunConfig, train_run
 from aelab.training import sweep
 from aelab.training.checkpoint import STATE_NAME
@@ -207,6 +208,16 @@ def test_summary_command_prints_and_writes_csv_and_json(finished_sweep, capsys):
     assert csv[1].startswith("2,loss,3,2.3333333333333335,1.5275252316519")
     data = json.loads((sweep_dir / "summary.json").read_text())
     assert data["rows"][1]["metrics"]["loss"]["n"] == 2 and data["settings"] == ["model.latent_dim"]
+
+
+def test_report_reads_a_sweep_directory_as_a_group(finished_sweep):
+    spec, sweep_dir = finished_sweep
+    runs, groups = collect_runs([sweep_dir])
+    assert runs == [] and len(groups) == 1 and groups[0].path == sweep_dir
+    assert [p.name for p in groups[0].runs] == sorted(t.name for t in spec.trials())
+    out, n = write_report([sweep_dir], sweep_dir / "report.html", figures=False)
+    page = out.read_text()
+    assert n == 6 and "model.latent_dim" in page and "trainer.seed=2" in page
 
 
 def test_dry_run_prints_the_trials_and_writes_nothing(tmp_path, capsys):

@@ -49,6 +49,7 @@ from aelab.report.run import write_figures
 from aelab.report.text import decode_sentences, homotopy
 from aelab.runs import flatten_config, load_run_with_data, load_vocabulary
 from aelab.training.results import METRICS_NAME, NOT_METRICS, final_metrics, is_number, read_run_metrics
+from aelab.training.sweep import TRIALS_DIR, is_sweep_dir
 
 __all__ = [
     "GroupSummary",
@@ -213,7 +214,8 @@ def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunGroup
     """The runs and groups of runs named by ``paths``.
 
     A path holding a ``config.json`` is a run; a directory whose subdirectories (one level down)
-    hold runs is a group; anything else is an error naming it. A run given twice (or also inside a
+    hold runs is a group, and so is a sweep directory (``aelab sweep``: its runs are in
+    ``trials/``); anything else is an error naming it. A run given twice (or also inside a
     group) is reported once. A group's subdirectories that are not runs are kept in ``skipped``.
 
     Raises:
@@ -238,7 +240,9 @@ def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunGroup
             if new(p):
                 runs.append(p)
             continue
-        subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")) if p.is_dir() else []
+        members_dir = p / TRIALS_DIR if is_sweep_dir(p) else p
+        subdirs = sorted(d for d in members_dir.iterdir() if d.is_dir() and not d.name.startswith(".")) if (
+            p.is_dir()) else []
         members = [d for d in subdirs if (d / CONFIG_NAME).is_file()]
         if not members:
             raise ValueError(f"{p}: not a run directory (no {CONFIG_NAME}) and no run directories in it")
@@ -398,9 +402,9 @@ def summarize_group(group: RunGroup, runs: Sequence[RunReport], scratch: str | P
     A setting is the runs' values of the config fields that differ within the group, other than
     :data:`REPLICATE_FIELD`: runs that differ only in their seed are replicates of one setting.
 
-    This is the hook for the sweeps of issue 17: a sweep directory written by the sweep runner is
-    a group like any other; where it records its own summary (the search space, trial states), a
-    summary built from that file replaces this function (``write_report(..., summarize=...)``).
+    A sweep directory (``aelab sweep``, :mod:`aelab.training.sweep`) is a group like any other: its
+    trials are its runs; ``aelab sweep SPEC --summary`` gives the same pooling with 95% intervals
+    as CSV and JSON.
     """
     configs = [r.config for r in runs]
     settings = [k for k in differing_fields(configs) if k != REPLICATE_FIELD]
