@@ -98,10 +98,12 @@ def test_the_configs_sweep_specs_validate():
     priors = {RunConfig.from_dict(t.config).model_config.prior.name
               for t in load_sweep_spec(ROOT / "configs/sweeps/dsprites_priors.json").trials()}
     assert priors == {"standard_normal", "anisotropic"}
+    assert load_sweep_spec(ROOT / "configs/sweeps/dsprites_priors.json").metrics == ["disentanglement"]
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"grdi": {}}, "unknown key 'grdi'; valid keys: name, description, base, grid, random, seeds"),
+    ({"grdi": {}}, "unknown key 'grdi'; valid keys: name, description, base, grid, random, seeds, metrics"),
+    ({"metrics": ["reconstructoin"]}, "metrics: unknown metric 'reconstructoin'"),
     ({"grid": {"model.latent_dimm": [2]}}, "grid['model.latent_dimm']: value 2: unknown config key"),
     ({"grid": {"trainer.lr": [-1.0]}}, "grid['trainer.lr']: value -1.0: trainer.lr must be a finite number > 0"),
     ({"grid": {"model.latent_dim": []}}, "grid['model.latent_dim']: expected a non-empty list of values"),
@@ -208,6 +210,11 @@ def test_summary_command_prints_and_writes_csv_and_json(finished_sweep, capsys):
     assert csv[1].startswith("2,loss,3,2.3333333333333335,1.5275252316519")
     data = json.loads((sweep_dir / "summary.json").read_text())
     assert data["rows"][1]["metrics"]["loss"]["n"] == 2 and data["settings"] == ["model.latent_dim"]
+    assert main(["sweep", str(spec.source), "--out", str(sweep_dir), "--summary", "--metrics", "mse,loss"]) == 0
+    assert [line.split()[-6] for line in capsys.readouterr().out.splitlines()[1:5]] == ["mse", "loss", "mse", "loss"]
+    assert main(["sweep", str(spec.source), "--out", str(sweep_dir), "--summary", "--metrics", "nll"]) == 2
+    assert capsys.readouterr().err.strip() == ("aelab: error: --metrics: no metric 'nll' in the summary; it has loss, "
+                                               "mse, train_loss")
 
 
 def test_report_reads_a_sweep_directory_as_a_group(finished_sweep):
@@ -253,8 +260,12 @@ def test_another_spec_in_the_same_directory_is_refused(finished_sweep):
     with pytest.raises(ConfigError, match=r"spec.json holds another sweep spec \(grid differs from .*tiny.json\): "
                                           "a sweep directory belongs to one spec"):
         run_sweep(other, sweep_dir)
-    with pytest.raises(ConfigError, match="holds another sweep spec"):
-        summarize_sweep(other, sweep_dir)
+    for read in (summarize_sweep, sweep.sweep_table):  # the summary and the dry run check it too
+        with pytest.raises(ConfigError, match="holds another sweep spec"):
+            read(other, sweep_dir)
+    reworded = copy.deepcopy(spec)
+    reworded.description = "what it is for, said better"
+    sweep.check_sweep_dir(reworded, sweep_dir)  # the description may change
 
 
 # --- on Ray -----------------------------------------------------------------------------------------
@@ -325,3 +336,18 @@ def test_a_failing_trial_is_recorded_not_raised(tmp_path):
     assert status["status"] == "failed" and status["attempts"] == 1 and status["pid"] == os.getpid()
     assert "missing.npz" in status["error"] and "\n" not in status["error"]
     assert json.loads((tmp_path / "trial" / "trial.json").read_text())["traceback"].startswith("Traceback")
+
+
+@needs_data
+def test_the_specs_metrics_run_on_each_trained_trial(tmp_path):
+    """``"metrics"``: aelab eval's metrics on the trained trial, in its eval.json and its row."""
+    spec = load_sweep_spec(write_spec(tmp_path / "tiny.json", {
+        **TINY, "grid": {}, "seeds": [0], "metrics": ["reconstruction"],
+        "base": {**TINY["base"], "trainer": {**TINY["base"]["trainer"], "epochs": 1}}}))
+    (trial,) = spec.trials()
+    sweep_dir = tmp_path / "sweep"
+    status = sweep.run_trial(trial.config, str(sweep_dir / "trials" / trial.name), metrics=spec.metrics)
+    assert status["status"] == "done", status.get("traceback")
+    scores = json.loads((sweep_dir / "trials" / trial.name / "eval.json").read_text())["metrics"]
+    row = sweep.trial_row(sweep_dir, trial)
+    assert row["status"] == "done" and row["metrics"]["mse"] == scores["mse"] and "train_loss" in row["metrics"]

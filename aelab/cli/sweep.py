@@ -75,8 +75,8 @@ def add_parser(command) -> None:
                 "the mean, s.d. and 95%% t-interval over seeds of every final metric. Needs Ray: "
                 "pip install 'aelab[sweep]'.")
     s.add_argument("spec", metavar="SPEC.json", help="the sweep spec: {\"name\", \"base\": run config or its path, "
-                   "\"grid\": {key: [values]}, \"random\": {\"n\", \"seed\", \"params\"}, \"seeds\": [...]} "
-                   "(see configs/sweeps/)")
+                   "\"grid\": {key: [values]}, \"random\": {\"n\", \"seed\", \"params\"}, \"seeds\": [...], "
+                   "\"metrics\": [aelab eval metrics run on each trained trial]} (see configs/sweeps/)")
     s.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: runs/sweeps/NAME); it keeps "
                    f"{SPEC_NAME}, {TABLE_NAME}, trials/NAME/ and the summary")
     s.add_argument("--summary", action="store_true", help="only summarise the trials done so far (no Ray needed): "

@@ -11,7 +11,8 @@ A sweep is described by a JSON spec::
       "random": {"n": 4, "seed": 0,             (seeded draws, crossed with the grid)
                  "params": {"trainer.lr": {"loguniform": [1e-4, 1e-2]},
                             "model.latent_dim": {"choice": [8, 16]}}},
-      "seeds": [0, 1, 2]                        (each trial's trainer.seed)
+      "seeds": [0, 1, 2],                       (each trial's trainer.seed)
+      "metrics": ["disentanglement"]            (optional: aelab eval's metrics, run on each trained trial)
     }
 
 Its trials are the grid's points crossed with the random draws and the seeds, each named after its
@@ -21,7 +22,8 @@ the same directory. The sweep directory holds::
     SWEEP_DIR/spec.json      the spec, its base config inlined (another spec here is refused)
     SWEEP_DIR/trials.json    the trial table: name, setting, run_dir, status, attempts, step, metrics, error
     SWEEP_DIR/trials/NAME/   each trial's run directory (aelab eval / figures / train --resume work on it),
-                             with trial.json, the trial's own status (attempts, pid, resumed_from, error)
+                             with trial.json, the trial's own status (attempts, pid, resumed_from, error),
+                             and eval.json, the spec's ``metrics`` on the trained model
     SWEEP_DIR/summary.csv, summary.json   per setting, the mean, s.d. and 95% t-interval over seeds
 
 Each trial is one Ray task (``ray.remote(max_retries=...)``) that calls :func:`aelab.runs.train_run`,
@@ -61,10 +63,12 @@ from safetensors import safe_open
 from aelab.compat import MissingDependencyError
 from aelab.config import ConfigError, load_json
 from aelab.io import RunLock, atomic_write_text
+from aelab.metrics.suite import check_metrics, metric_options, run_metric
 from aelab.protocol import CONFIG_NAME, WEIGHTS_NAME
-from aelab.runs import RunConfig, train_run
+from aelab.registry import METRICS, UnknownNameError
+from aelab.runs import RunConfig, load_run_with_data, metric_splits, train_run
 from aelab.training.checkpoint import STATE_NAME
-from aelab.training.results import final_metrics, read_run_metrics
+from aelab.training.results import NOT_METRICS, final_metrics, is_number, read_run_metrics
 
 __all__ = [
     "RAY_MISSING",
@@ -73,7 +77,9 @@ __all__ = [
     "SweepSummary",
     "Trial",
     "check_sweep_dir",
+    "checkpoint_progress",
     "default_sweep_dir",
+    "evaluate_trial",
     "is_sweep_dir",
     "load_sweep_spec",
     "mean_interval",
@@ -83,6 +89,7 @@ __all__ = [
     "sweep_table",
     "t_critical",
     "trial_name",
+    "trial_row",
     "write_summary",
 ]
 
@@ -92,11 +99,12 @@ TRIALS_DIR = "trials"
 TRIAL_STATUS_NAME = "trial.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
+EVAL_NAME = "eval.json"
 
 #: the field each of the spec's ``seeds`` sets; replicates differ only in it
 SEED_FIELD = "trainer.seed"
 
-SPEC_KEYS = ("name", "description", "base", "grid", "random", "seeds")
+SPEC_KEYS = ("name", "description", "base", "grid", "random", "seeds", "metrics")
 RANDOM_KEYS = ("n", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 
@@ -150,6 +158,9 @@ class SweepSpec:
         grid: dotted key -> the values to try (crossed).
         random: ``{"n", "seed", "params"}`` for seeded random draws, or ``None``.
         seeds: the values of ``trainer.seed``.
+        metrics: metrics of ``aelab eval`` (registered names) to run on each trial once it is
+            trained, with their default options; kept in the trial's ``eval.json`` and summarised
+            with the trainer's final metrics (taking their place on a clash of names).
         description: free text, kept with the spec.
         source: the spec file.
     """
@@ -159,6 +170,7 @@ class SweepSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     random: dict[str, Any] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
+    metrics: list[str] = field(default_factory=list)
     description: str = ""
     source: Path | None = None
 
@@ -168,6 +180,8 @@ class SweepSpec:
                                "grid": self.grid, "seeds": self.seeds}
         if self.random is not None:
             out["random"] = self.random
+        if self.metrics:
+            out["metrics"] = self.metrics
         return out
 
     def draws(self) -> list[dict[str, Any]]:
@@ -308,7 +322,15 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds) or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"{path}: seeds: expected a non-empty list of distinct integers, got {seeds!r}")
-    spec = SweepSpec(name=name, base=base_cfg.to_dict(), grid=grid, random=rand, seeds=seeds,
+    metrics = data.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"{path}: metrics: expected a list of metric names (see `aelab list`), got {metrics!r}")
+    for m in metrics:
+        try:
+            METRICS.get(m)
+        except UnknownNameError as e:
+            raise ConfigError(f"{path}: metrics: {_one_line(e)}") from None
+    spec = SweepSpec(name=name, base=base_cfg.to_dict(), grid=grid, random=rand, seeds=seeds, metrics=metrics,
                      description=description, source=path)
     spec.trials()  # every combination is a valid run config
     return spec
@@ -381,12 +403,16 @@ def _canonical(obj: Any) -> str:
 
 
 def check_sweep_dir(spec: SweepSpec, sweep_dir: str | Path) -> None:
-    """Refuse a sweep directory that holds another spec (naming the first field that differs)."""
+    """Refuse a sweep directory that holds another spec (naming the fields that differ; the
+    description may change)."""
     path = Path(sweep_dir) / SPEC_NAME
     if not path.is_file():
         return
     saved = load_json(path)
     ours = spec.to_dict()
+    if isinstance(saved, dict):
+        saved = {k: v for k, v in saved.items() if k != "description"}
+    ours.pop("description")
     if _canonical(saved) != _canonical(ours):
         keys = list(dict.fromkeys([*ours, *(saved if isinstance(saved, dict) else {})]))
         differ = [k for k in keys if not isinstance(saved, dict) or _canonical(saved.get(k)) != _canonical(ours.get(k))]
@@ -435,13 +461,41 @@ def trial_row(sweep_dir: Path, trial: Trial) -> dict[str, Any]:
            "total_steps": progress[1] if progress else None, "resumed_from": status.get("resumed_from"),
            "metrics": {}, "error": status.get("error") if state == "failed" else None}
     if state == "done":
-        row["metrics"] = final_metrics(read_run_metrics(run_dir))
+        row["metrics"] = final_metrics(read_run_metrics(run_dir)) | read_eval_metrics(run_dir)
     return row
 
 
+def read_eval_metrics(run_dir: Path) -> dict[str, float]:
+    """The metrics of a trial's ``eval.json`` (per-dimension KLs and bookkeeping left out)."""
+    path = run_dir / EVAL_NAME
+    if not path.is_file():
+        return {}
+    data = load_json(path)
+    metrics = data.get("metrics") if isinstance(data, dict) else None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: expected {{\"metrics\": {{name: value}}}}")
+    return {k: float(v) for k, v in metrics.items() if k not in NOT_METRICS and not k.startswith("kl_dim_")
+            and is_number(v)}
+
+
+def evaluate_trial(run_dir: Path, names: Sequence[str]) -> dict[str, float]:
+    """Run ``aelab eval``'s metrics ``names`` (default options) on a trained trial and write them
+    to ``RUN_DIR/eval.json`` (atomically); returns them."""
+    cfg, model, data = load_run_with_data(run_dir)
+    check_metrics(model, names, cfg.model, str(run_dir))
+    results: dict[str, float] = {}
+    for name in names:
+        options = metric_options(name, batch_size=cfg.trainer.eval_batch_size)
+        results |= run_metric(name, model, metric_splits(cfg, data, name), **options)
+    atomic_write_text(run_dir / EVAL_NAME, json.dumps({"metrics": results}, indent=1) + "\n")
+    return results
+
+
 def sweep_table(spec: SweepSpec, sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The trial table of ``spec`` in ``sweep_dir`` as the trials' run directories have it now."""
+    """The trial table of ``spec`` in ``sweep_dir`` as the trials' run directories have it now
+    (:class:`ConfigError` if the directory holds another spec)."""
     sweep_dir = Path(sweep_dir)
+    check_sweep_dir(spec, sweep_dir)
     return [trial_row(sweep_dir, t) for t in spec.trials()]
 
 
@@ -456,7 +510,7 @@ def _write_status(run_dir: Path, status: dict[str, Any]) -> None:
     atomic_write_text(run_dir / TRIAL_STATUS_NAME, json.dumps(status, indent=1) + "\n")
 
 
-def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict[str, Any]:
+def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Train (or continue) one trial in ``run_dir``: the body of a sweep's Ray task.
 
     Holds the run directory's lock while it runs, counts the attempt and records the process in
@@ -469,6 +523,7 @@ def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict[st
         run_dir: its run directory.
         threads: torch CPU threads (the task's CPUs): a resumed run is bit-identical to an
             uninterrupted one at the same thread count.
+        metrics: ``aelab eval`` metrics to run once it is trained (:func:`evaluate_trial`).
 
     Returns:
         The trial's final status (what ``trial.json`` holds).
@@ -497,6 +552,8 @@ def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict[st
 
         try:
             trainer, _ = train_run(RunConfig.from_dict(config), path, resume=resume, on_start=started)
+            if metrics:
+                evaluate_trial(path, metrics)
         except Exception as e:  # a failing trial is recorded, not retried (see the docstring)
             status |= {"status": "failed", "error": f"{type(e).__name__}: {_one_line(e)}",
                        "traceback": traceback.format_exc(), "finished": time.time()}
@@ -594,6 +651,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RayOptions | None
             atomic_write_text(sweep_dir / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
         (sweep_dir / TRIALS_DIR).mkdir(exist_ok=True)
         rows = [trial_row(sweep_dir, t) for t in trials]
+        for row in rows:  # a trial left running by a driver that stopped (we hold the sweep's lock)
+            row["status"] = "pending" if row["status"] == "running" else row["status"]
         write_table(spec, sweep_dir, rows)
         todo = [i for i, r in enumerate(rows) if r["status"] != "done"]
         if not todo:
@@ -603,7 +662,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RayOptions | None
             task = ray.remote(run_trial).options(num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial,
                                                  max_retries=options.max_retries, name="aelab-trial")
             pending = {task.remote(trials[i].config, str(sweep_dir / TRIALS_DIR / trials[i].name),
-                                   options.cpus_per_trial): i for i in todo}
+                                   options.cpus_per_trial, spec.metrics): i for i in todo}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds)
                 changed = False
@@ -735,14 +794,24 @@ class SweepSummary:
         return "\n".join(lines) + "\n"
 
     def table(self, metrics: Sequence[str] | None = None) -> str:
-        """The summary as an aligned text table: one block per setting, a line per metric."""
+        """The summary as an aligned text table: one block per setting, a line per metric (only
+        ``metrics``, in that order, if given).
+
+        Raises:
+            ValueError: a name in ``metrics`` that no setting has.
+        """
+        known = list(dict.fromkeys(m for row in self.rows for m in row["metrics"]))
+        unknown = [m for m in metrics or () if m not in known]
+        if unknown and self.rows:
+            raise ValueError(f"--metrics: no metric {unknown[0]!r} in the summary; it has {', '.join(known)}")
         head = ["setting", "metric", "n", "mean", "s.d.", "95% interval"]
         body = []
         for row in self.rows:
             label = _setting_text(row["setting"]) or "all trials"
-            for metric, s in row["metrics"].items():
-                if metrics and metric not in metrics:
+            for metric in metrics or row["metrics"]:
+                if metric not in row["metrics"]:
                     continue
+                s = row["metrics"][metric]
                 ci = "" if s["ci95"] is None else f"[{s['ci95'][0]:.5g}, {s['ci95'][1]:.5g}]"
                 body.append([label, metric, str(s["n"]), f"{s['mean']:.5g}",
                              "" if s["sd"] is None else f"{s['sd']:.3g}", ci])
