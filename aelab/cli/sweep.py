@@ -72,7 +72,7 @@ def add_parser(command) -> None:
                 "an ordinary run directory, on Ray; then summarise it per setting over seeds",
                 description="Run the trials of SPEC.json that are not done yet (a killed trial continues from its "
                 "last checkpoint; re-running skips finished trials), then print and write the summary: per setting, "
-                "the mean, s.d. and 95%% t-interval over seeds of every final metric. Needs Ray: "
+                "the mean, s.d. and 95% t-interval over seeds of every final metric. Needs Ray: "
                 "pip install 'aelab[sweep]'.")
     s.add_argument("spec", metavar="SPEC.json", help="the sweep spec: {\"name\", \"base\": run config or its path, "
                    "\"grid\": {key: [values]}, \"random\": {\"n\", \"seed\", \"params\"}, \"seeds\": [...], "
