@@ -271,7 +271,7 @@ def test_another_spec_in_the_same_directory_is_refused(finished_sweep):
 # --- on Ray -----------------------------------------------------------------------------------------
 @needs_ray
 @needs_data
-def test_a_killed_trial_resumes_from_its_checkpoint_and_reruns_skip_done_trials(tmp_path):
+def test_a_killed_trial_resumes_from_its_checkpoint_and_reruns_skip_done_trials(tmp_path, capsys):
     """A 2x2 sweep on a local Ray with 2 CPUs; one trial's worker is SIGKILLed mid-run. Ray retries
     it, it continues from its last checkpoint, and its final weights equal an uninterrupted run's."""
     spec = load_sweep_spec(write_spec(tmp_path / "tiny.json", TINY))
@@ -321,9 +321,14 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_reruns_skip_done_trials(
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
-    # running it again trains nothing: every trial is done (Ray is not even started)
+    # running it again (from the command line) trains nothing: every trial is done, Ray is not
+    # even started, and the summary is printed and written
     mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("trials/*/*.safetensors")}
-    again = run_sweep(spec, sweep_dir, RayOptions(cpus=2))
+    assert main(["sweep", str(spec.source), "--out", str(sweep_dir), "--cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"tiny: 4 trials, 0 to run -> {sweep_dir}" in out and "4 of 4 trials done" in out
+    assert "model.latent_dim=4  loss" in out and (sweep_dir / "summary.csv").is_file()
+    again = json.loads((sweep_dir / "trials.json").read_text())["trials"]
     assert [(r["status"], r["attempts"]) for r in again] == [(r["status"], r["attempts"]) for r in rows]
     assert mtimes == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("trials/*/*.safetensors")}
 
