@@ -356,3 +356,11 @@ def test_the_specs_metrics_run_on_each_trained_trial(tmp_path):
     scores = json.loads((sweep_dir / "trials" / trial.name / "eval.json").read_text())["metrics"]
     row = sweep.trial_row(sweep_dir, trial)
     assert row["status"] == "done" and row["metrics"]["mse"] == scores["mse"] and "train_loss" in row["metrics"]
+
+
+def test_trials_no_resources_could_hold_are_refused():
+    sweep._check_resources({"CPU": 2.0}, RayOptions(cpus_per_trial=2))
+    with pytest.raises(ConfigError, match="--gpus-per-trial 1: this Ray has 0 GPUs in all, so no trial could start"):
+        sweep._check_resources({"CPU": 2.0}, RayOptions(gpus_per_trial=1))
+    with pytest.raises(ConfigError, match="--cpus 1 is fewer than --cpus-per-trial 2"):
+        RayOptions(cpus=1, cpus_per_trial=2)

@@ -617,6 +617,15 @@ def _start_ray(ray: Any, options: RayOptions) -> bool:
     return True
 
 
+def _check_resources(available: dict[str, float], options: RayOptions) -> None:
+    """Refuse trials that no Ray resources could ever hold (Ray would wait for them forever)."""
+    for what, need, flag in (("CPU", options.cpus_per_trial, "--cpus-per-trial"),
+                             ("GPU", options.gpus_per_trial, "--gpus-per-trial")):
+        have = available.get(what, 0)
+        if need > have:
+            raise ConfigError(f"{flag} {need:g}: this Ray has {have:g} {what}s in all, so no trial could start")
+
+
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RayOptions | None = None,
               on_update: Callable[[list[dict[str, Any]]], None] | None = None,
               on_finish: Callable[[dict[str, Any]], None] | None = None,
@@ -659,6 +668,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RayOptions | None
             return rows
         started = _start_ray(ray, options)
         try:
+            _check_resources(ray.cluster_resources(), options)
             task = ray.remote(run_trial).options(num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial,
                                                  max_retries=options.max_retries, name="aelab-trial")
             pending = {task.remote(trials[i].config, str(sweep_dir / TRIALS_DIR / trials[i].name),
