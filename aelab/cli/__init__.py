@@ -1,8 +1,9 @@
 """The ``aelab`` command line: list, train, train-prior, eval, reconstruct, sample, traverse, interpolate,
-figures, rollout, report.
+figures, rollout, report, sweep.
 
 One module per command, each with ``add_parser(command)`` and ``run(args)``; the library logic
-they call lives in :mod:`aelab.runs`, :mod:`aelab.metrics.suite` and :mod:`aelab.report.run`.
+they call lives in :mod:`aelab.runs`, :mod:`aelab.metrics.suite`, :mod:`aelab.report.run` and
+:mod:`aelab.training.sweep`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aelab.cli import (
     report,
     rollout,
     sample,
+    sweep,
     train,
     train_prior,
     traverse,
@@ -39,7 +41,7 @@ from aelab.training.trainer import NonFiniteLossError
 __all__ = ["build_parser", "main"]
 
 COMMANDS = (listing, train, train_prior, eval_command, figures, sample, traverse, interpolate, reconstruct, rollout,
-            report)
+            report, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

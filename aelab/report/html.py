@@ -48,7 +48,8 @@ from aelab.report.images import reconstruction_grid, save_image_grid
 from aelab.report.run import write_figures
 from aelab.report.text import decode_sentences, homotopy
 from aelab.runs import flatten_config, load_run_with_data, load_vocabulary
-from aelab.training.trainer import read_metrics
+from aelab.training.results import METRICS_NAME, NOT_METRICS, final_metrics, is_number, read_run_metrics
+from aelab.training.sweep import TRIALS_DIR, is_sweep_dir
 
 __all__ = [
     "GroupSummary",
@@ -65,12 +66,6 @@ __all__ = [
     "summarize_group",
     "write_report",
 ]
-
-METRICS_NAME = "metrics.jsonl"
-
-#: record keys that are bookkeeping, not results: left out of the metric tables
-NOT_METRICS = frozenset({"step", "epoch", "split", "time", "seconds", "samples_per_second", "mutual_info_max",
-                         "iwae_k", "tokens", "lr"})
 
 #: the field that tells replicates of one setting apart (pooled in a group's summary)
 REPLICATE_FIELD = "trainer.seed"
@@ -176,30 +171,6 @@ class GroupSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def final_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The last test evaluation's metrics (per-dimension KLs and bookkeeping left out) and
-    ``train_loss``, the last logged training loss.
-
-    Example:
-        >>> final_metrics([{"step": 5, "split": "train", "loss": 3.0},
-        ...                {"step": 5, "split": "test", "loss": 2.5, "kl_dim_0": 0.1, "seconds": 1.0}])
-        {'loss': 2.5, 'train_loss': 3.0}
-    """
-    out: dict[str, float] = {}
-    test = [r for r in records if r.get("split") == "test"]
-    if test:
-        out = {k: float(v) for k, v in test[-1].items()
-               if k not in NOT_METRICS and not k.startswith("kl_dim_") and _is_number(v)}
-    train = [r for r in records if r.get("split") == "train" and _is_number(r.get("loss"))]
-    if train:
-        out["train_loss"] = float(train[-1]["loss"])
-    return out
-
-
 def metric_direction(name: str) -> int:
     """``-1`` where lower is better (losses, NLL, perplexity, errors), ``+1`` where higher is
     (an ELBO, accuracy, BLEU), ``0`` where neither (KL, mutual information, active units).
@@ -232,32 +203,19 @@ def best_metrics(records: Sequence[dict[str, Any]]) -> dict[str, tuple[float, in
             continue
         for k, v in r.items():
             sign = metric_direction(k)
-            if k in NOT_METRICS or not sign or not _is_number(v) or not math.isfinite(v):
+            if k in NOT_METRICS or not sign or not is_number(v) or not math.isfinite(v):
                 continue
             if k not in best or sign * v > sign * best[k][0]:
                 best[k] = (float(v), int(r["step"]))
     return best
 
 
-def read_run_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` (none without one). Unlike resuming, which drops a
-    last line cut short by a kill, the report refuses it: its curves would be drawn from it."""
-    path = run_dir / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = read_metrics(path)  # ValueError naming the file and line for any other bad line
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if len(records) != len(lines):
-        raise ValueError(f"{path}, line {len(path.read_text().splitlines())}: not a JSON record (cut short: a run "
-                         "killed while writing, or still writing it); resume the run or delete that line")
-    return records
-
-
 def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunGroup]]:
     """The runs and groups of runs named by ``paths``.
 
     A path holding a ``config.json`` is a run; a directory whose subdirectories (one level down)
-    hold runs is a group; anything else is an error naming it. A run given twice (or also inside a
+    hold runs is a group, and so is a sweep directory (``aelab sweep``: its runs are in
+    ``trials/``); anything else is an error naming it. A run given twice (or also inside a
     group) is reported once. A group's subdirectories that are not runs are kept in ``skipped``.
 
     Raises:
@@ -282,7 +240,9 @@ def collect_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunGroup
             if new(p):
                 runs.append(p)
             continue
-        subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")) if p.is_dir() else []
+        members_dir = p / TRIALS_DIR if is_sweep_dir(p) else p
+        subdirs = sorted(d for d in members_dir.iterdir() if d.is_dir() and not d.name.startswith(".")) if (
+            p.is_dir()) else []
         members = [d for d in subdirs if (d / CONFIG_NAME).is_file()]
         if not members:
             raise ValueError(f"{p}: not a run directory (no {CONFIG_NAME}) and no run directories in it")
@@ -400,7 +360,7 @@ def _label(setting: dict[str, Any]) -> str:
 def _curve(records: Sequence[dict[str, Any]], metric: str) -> dict[int, float]:
     split = "train" if metric == "train_loss" else "test"
     key = "loss" if metric == "train_loss" else metric
-    return {int(r["step"]): float(r[key]) for r in records if r.get("split") == split and _is_number(r.get(key))}
+    return {int(r["step"]): float(r[key]) for r in records if r.get("split") == split and is_number(r.get(key))}
 
 
 def plot_setting_curves(curves: Sequence[tuple[str, Sequence[dict[int, float]]]], metric: str,
@@ -442,9 +402,9 @@ def summarize_group(group: RunGroup, runs: Sequence[RunReport], scratch: str | P
     A setting is the runs' values of the config fields that differ within the group, other than
     :data:`REPLICATE_FIELD`: runs that differ only in their seed are replicates of one setting.
 
-    This is the hook for the sweeps of issue 17: a sweep directory written by the sweep runner is
-    a group like any other; where it records its own summary (the search space, trial states), a
-    summary built from that file replaces this function (``write_report(..., summarize=...)``).
+    A sweep directory (``aelab sweep``, :mod:`aelab.training.sweep`) is a group like any other: its
+    trials are its runs; ``aelab sweep SPEC --summary`` gives the same pooling with 95% intervals
+    as CSV and JSON.
     """
     configs = [r.config for r in runs]
     settings = [k for k in differing_fields(configs) if k != REPLICATE_FIELD]
@@ -538,7 +498,7 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if _is_number(value):
+    if is_number(value):
         return f"{value:.5g}" if isinstance(value, float) else str(value)
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -547,7 +507,7 @@ def _cell(value: Any) -> str:
     """A table cell; numbers right-aligned and sorted by value, blanks sorted last."""
     if value is None:
         return '<td data-sort=""></td>'
-    if _is_number(value):
+    if is_number(value):
         sort = repr(float(value)) if math.isfinite(value) else ""
         return f'<td class="num" data-sort="{_e(sort)}">{_e(_fmt(value))}</td>'
     return f"<td>{_e(_fmt(value))}</td>"
