@@ -167,6 +167,11 @@ def test_the_group_pools_replicates_by_setting(report, runs):
     finals = [_last_test(runs["sweep"] / f"beta1-seed{s}")["neg_elbo"] for s in (0, 1)]
     text, sort = rows["1.0"]["neg_elbo"]
     assert float(sort) == pytest.approx(sum(finals) / 2) and " ± " in text
+    # below it the 95% t-interval of the mean of the 2 runs: mean +- t(1) s / sqrt(2), t(1) = 12.706
+    half = 12.7062 * abs(finals[0] - finals[1]) / 2 ** 0.5 / 2 ** 0.5
+    lo, hi = (float(v) for v in text.split("[")[1].rstrip("]").split(", "))
+    mean = sum(finals) / 2
+    assert lo == pytest.approx(mean - half, rel=1e-3) and hi == pytest.approx(mean + half, rel=1e-3)
     assert rows["4.0"]["neg_elbo"][1] == repr(_last_test(runs["sweep"] / "beta4-seed0")["neg_elbo"])
     assert "neg_elbo against the step, one curve per setting" in report.read_text()
     assert "not runs (no config.json), left out: notes" in report.read_text()

@@ -49,7 +49,7 @@ from aelab.report.run import write_figures
 from aelab.report.text import decode_sentences, homotopy
 from aelab.runs import flatten_config, load_run_with_data, load_vocabulary
 from aelab.training.results import METRICS_NAME, NOT_METRICS, final_metrics, is_number, read_run_metrics
-from aelab.training.sweep import TRIALS_DIR, is_sweep_dir
+from aelab.training.sweep import SEED_FIELD, TRIALS_DIR, is_sweep_dir, mean_interval
 
 __all__ = [
     "GroupSummary",
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: the field that tells replicates of one setting apart (pooled in a group's summary)
-REPLICATE_FIELD = "trainer.seed"
+REPLICATE_FIELD = SEED_FIELD
 
 #: the test metric a group's curves show: the first of these its runs log
 CURVE_METRICS = ("neg_elbo", "nll", "loss", "elbo_per_frame", "mse")
@@ -157,7 +157,8 @@ class GroupSummary:
         settings: the config fields whose values differ between the group's runs (other than
             :data:`REPLICATE_FIELD`).
         rows: one per setting: its values of ``settings``, the labels of its runs, and metric ->
-            (mean, standard deviation, number of runs) of their final metrics.
+            (mean, standard deviation, number of runs, 95% t-interval of the mean or ``None`` for
+            one run) of their final metrics.
         metric: the test metric of ``curves``.
         curves: that metric against the step, one curve per setting (mean over its runs, the band
             from the lowest to the highest run where there are several).
@@ -396,8 +397,9 @@ def plot_setting_curves(curves: Sequence[tuple[str, Sequence[dict[int, float]]]]
 
 
 def summarize_group(group: RunGroup, runs: Sequence[RunReport], scratch: str | Path | None = None) -> GroupSummary:
-    """A group's runs pooled by setting: a row (mean, standard deviation, number of runs of each
-    final metric) and a curve per setting.
+    """A group's runs pooled by setting: a row (mean, standard deviation, number of runs and 95%
+    t-interval of each final metric, :func:`aelab.training.sweep.mean_interval`) and a curve per
+    setting.
 
     A setting is the runs' values of the config fields that differ within the group, other than
     :data:`REPLICATE_FIELD`: runs that differ only in their seed are replicates of one setting.
@@ -417,8 +419,8 @@ def summarize_group(group: RunGroup, runs: Sequence[RunReport], scratch: str | P
         keys = list(dict.fromkeys(k for m in members for k in m.final))
         stats = {}
         for k in keys:
-            values = np.array([m.final[k] for m in members if k in m.final])
-            stats[k] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values))
+            st = mean_interval([m.final[k] for m in members if k in m.final])
+            stats[k] = (st["mean"], st["sd"] or 0.0, st["n"], st["ci95"])
         rows.append((setting, [m.label for m in members], stats))
     summary = GroupSummary(settings, rows)
     logged = {k for r in runs for rec in r.records if rec.get("split") == "test" for k in rec}
@@ -526,14 +528,17 @@ class _Raw(str):
     """Markup built here (a cell with a link), not to be escaped again."""
 
 
-def _stat_cell(stat: tuple[float, float, int] | None) -> _Raw:
-    """``mean ± sd`` over a setting's runs (the mean alone for one run), sorted by the mean."""
+def _stat_cell(stat: tuple[float, float, int, list[float] | None] | None) -> _Raw:
+    """``mean ± sd`` over a setting's runs and below it the 95% interval of the mean (the mean
+    alone for one run), sorted by the mean."""
     if stat is None:
         return _Raw(_cell(None))
-    mean, sd, n = stat
-    if n < 2 or not math.isfinite(mean):
+    mean, sd, n, ci = stat
+    if n < 2 or not math.isfinite(mean) or ci is None:
         return _Raw(_cell(mean))
-    return _Raw(f'<td class="num" data-sort="{mean!r}" title="{n} runs">{_e(_fmt(mean))} ± {_e(_fmt(sd))}</td>')
+    interval = f'<br><small title="95% t-interval of the mean">[{_e(_fmt(ci[0]))}, {_e(_fmt(ci[1]))}]</small>'
+    return _Raw(f'<td class="num" data-sort="{mean!r}" title="{n} runs">{_e(_fmt(mean))} ± {_e(_fmt(sd))}'
+                f"{interval}</td>")
 
 
 def _link(anchor: str, text: str) -> _Raw:
@@ -569,7 +574,8 @@ def _group_section(group: RunGroup, summary: GroupSummary, runs: Sequence[RunRep
                    anchors: dict[int, str]) -> str:
     parts = [f'<h2 id="{_e(anchors[id(group)])}">Group {_e(group.path)}</h2>',
              f'<p class="meta">{len(runs)} runs; settings: {_e(", ".join(summary.settings) or "none differ")}'
-             f"; runs differing only in {REPLICATE_FIELD} are pooled (mean ± standard deviation)</p>"]
+             f"; runs differing only in {REPLICATE_FIELD} are pooled (mean ± standard deviation, below it the "
+             "95% t-interval of the mean)</p>"]
     metrics = list(dict.fromkeys(k for _, _, stats in summary.rows for k in stats))
     columns = [*summary.settings, "runs", *metrics]
     rows = [[*(setting.get(k) for k in summary.settings), len(labels), *(_stat_cell(stats.get(k)) for k in metrics)]
