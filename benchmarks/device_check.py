@@ -7,6 +7,11 @@ device: a run interrupted mid-epoch and resumed is compared with an uninterrupte
 equal bit for bit, or the largest difference). Training throughput is printed for both
 precisions and for the CPU on the same machine.
 
+Where more than one GPU is visible, a data-parallel check too (``ddp`` in the JSON): the same AE
+run through ``torchrun --nproc_per_node 2`` (NCCL, one GPU a rank) and as one process with the
+same global batch, each from the command line; both must finish, and the logged loss curves must
+agree to float tolerance (CUDA kernels are not bitwise deterministic), with samples/s of each.
+
   python benchmarks/device_check.py --device cuda --save benchmarks/results/device_check.json
 """
 
@@ -17,6 +22,8 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +79,37 @@ def _train(name, data, cfg, run_dir=None, stop_at=None, resume=False, seed=0):
     return t, losses, per_second
 
 
+def ddp_check(images: int) -> dict:
+    """2 GPUs under torchrun vs 1 GPU, the same global batch, through ``aelab train``."""
+    args = ["ae", "--data", "dsprites", "--set", f"data.train_subset={images}", "--set", "data.test_subset=500",
+            "--set", "trainer.device=cuda", "--set", "trainer.batch_size=256", "--set", "trainer.max_steps=200",
+            "--set", "trainer.log_every=1", "--set", "trainer.images=false", "--set", "trainer.progress=false",
+            "--set", "trainer.iwae_k=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = {}
+        for name, launcher in [("1 gpu", [sys.executable]),
+                               ("2 gpus", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc_per_node", "2"])]:
+            run = Path(tmp) / name.replace(" ", "")
+            t0 = time.perf_counter()
+            r = subprocess.run([*launcher, "-m", "aelab", "train", *args, "--out", str(run)], env=env,
+                               capture_output=True, text=True)
+            if r.returncode:
+                return {"error": f"{name}: exit {r.returncode}: {(r.stdout + r.stderr)[-2000:]}"}
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            curves[name] = {rec["step"]: rec["loss"] for rec in records if rec["split"] == "train"}
+            out[name] = {"seconds": time.perf_counter() - t0,
+                         "samples_per_second": [rec["samples_per_second"] for rec in records
+                                                if "samples_per_second" in rec]}
+        a, b = curves["1 gpu"], curves["2 gpus"]
+        rel = [abs(a[k] - b[k]) / abs(a[k]) for k in a if k in b]
+        out["same_steps"] = sorted(a) == sorted(b)
+        out["loss_curve_max_rel_diff"] = max(rel) if rel else None
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -79,6 +117,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--cpu-threads", type=int, default=2)
     p.add_argument("--save")
+    p.add_argument("--ddp-only", action="store_true", help="only the 2-GPU torchrun check")
     args = p.parse_args()
     torch.set_num_threads(args.cpu_threads)
     data = load_data(DataConfig(name="dsprites", train_subset=args.images, test_subset=500))
@@ -86,9 +125,14 @@ def main() -> None:
                     "aelab": aelab.__version__, "torch": torch.__version__, "python": platform.python_version(),
                     "accelerator": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
                     "models": {}}
+    if args.device.startswith("cuda") and torch.cuda.device_count() > 1:
+        report["ddp"] = ddp_check(args.images)
+        print("ddp", json.dumps(report["ddp"]), flush=True)
+    if args.ddp_only:
+        args.models = ""
     base = dict(epochs=1, batch_size=128, images=False, progress=False, checkpoint_every=40, seed=0)
     x0 = data.train.get_batch(torch.arange(128)).x
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         row: dict = {}
         for precision in ("fp32", "bf16"):
             cfg = TrainerConfig(**base, device=args.device, precision=precision)

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from conftest import require_shared_data
 from PIL import Image
 
 from aelab.cli import main
-from aelab.report.html import collect_runs, write_report
+from aelab.report.html import collect_runs, render_html, run_report, write_report
 from aelab.runs import RunConfig, train_run
 
 TRAINER = {"epochs": 2, "batch_size": 50, "log_every": 4, "iwae_k": 3, "iwae_limit": 50, "images": False,
@@ -308,13 +309,15 @@ def test_the_checks_catch_a_broken_page(browser, report, tmp_path):
     assert not _fits(browser, 375)
 
 
-def test_the_page_in_a_browser(browser, report):
+def test_the_page_in_a_browser(browser, report, tmp_path):
     for width in (1280, 375):
         assert _open(browser, report, width) == [], f"console errors at {width} px"
         loaded = browser.execute_script(IMAGES_LOADED)
         assert len(loaded) == 18 and all(ok for ok, _ in loaded), loaded
         assert all(fits for _, fits in loaded), f"an image wider than the {width}-px screen"
         assert _fits(browser, width), f"the page overflows a {width}-px screen horizontally"
+        shot = tmp_path / f"report-{width}px.png"
+        assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # sorting: click a numeric header of the comparison table, then again
     table = browser.find_element("css selector", "table.sortable")
     head = [th.text.rstrip(" ↕↑↓") for th in table.find_elements("css selector", "thead th")]
@@ -333,3 +336,19 @@ def test_the_page_in_a_browser(browser, report):
     assert len(set(before)) == 4  # four different values: the order really changed
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
+
+
+def test_a_report_of_50_runs_opens_in_a_few_seconds(browser, runs, tmp_path):
+    """50 runs, each with the pictures of a real run (so the page weighs what 50 runs weigh): the
+    browser's own navigation timing, from request to the load event, stays under a few seconds."""
+    one = run_report(runs["sweep"] / "beta1-seed0")
+    many = [replace(one, label=f"run {i}", final={k: v + i for k, v in one.final.items()}) for i in range(50)]
+    page = tmp_path / "fifty.html"
+    page.write_text(render_html(many, []))
+    assert _open(browser, page, 1280) == []
+    loaded = browser.execute_script(IMAGES_LOADED)
+    assert len(loaded) == 50 * len(one.pictures) and all(ok for ok, _ in loaded)
+    ms = browser.execute_script("const t = performance.getEntriesByType('navigation')[0]; return t.loadEventEnd;")
+    assert 0 < ms < 5000, f"{page.stat().st_size / 1e6:.1f} MB page took {ms:.0f} ms to load"
+    rows = browser.find_elements("css selector", "table.sortable tbody tr")
+    assert len(rows) == 50

@@ -546,6 +546,7 @@ def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: S
         _write_status(path, status)
 
         def started(trainer: Any) -> None:
+            status["training_started"] = time.time()  # data loaded, model built: the first step is next
             status["resumed_from"] = trainer.resumed_from
             status["total_steps"] = trainer.total_steps
             _write_status(path, status)
