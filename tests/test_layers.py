@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "aelab"
 #: layer of each module, low to high; a pattern ``p.*`` matches ``p`` and everything under it
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("aelab.registry", "aelab.config", "aelab.outputs", "aelab.io", "aelab.protocol", "aelab.batch",
-     "aelab.schedules", "aelab.compat"),
+     "aelab.schedules", "aelab.compat", "aelab.distributed"),
     ("aelab.nn.*",),
     ("aelab.distributions", "aelab.flows.*"),
     ("aelab.latents.*", "aelab.likelihoods", "aelab.priors.*"),
