@@ -10,6 +10,7 @@ from torch.distributions import Distribution, Independent, kl_divergence
 from torch.func import functional_call
 
 from aelab.losses.objective import StepTerm
+from aelab.nn.backbones import activation_derivative
 from aelab.outputs import ModelOutput
 from aelab.schedules import Schedule
 
@@ -97,18 +98,101 @@ def encoder_jacobian_sq_norm(encode, x: Tensor, create_graph: bool | None = None
     return penalty if create_graph else penalty.detach()
 
 
+def encoder_jacobian_sq_norm_hutchinson(encode, x: Tensor, samples: int = 1,
+                                        create_graph: bool | None = None) -> Tensor:
+    """An unbiased estimate of ``||d encode(x) / dx||_F^2`` per example, ``(B,)``, from ``samples`` VJPs.
+
+    ``||J||_F^2 = tr(J J^T) = E_v ||J^T v||^2`` for any probe with ``E[v v^T] = I``; the probes are
+    Rademacher vectors (entries +-1), drawn from torch's global RNG independently for every example
+    and sample, and the estimate is the mean of ``||J^T v||^2`` over the samples. Each sample costs
+    one VJP, against ``D`` for :func:`encoder_jacobian_sq_norm`. With ``A = J J^T`` (``D x D``) the
+    variance of the estimate is ``2 sum_{i != j} A_ij^2 / samples``: zero when the rows of J are
+    orthogonal, and at most ``2 (||J||_F^4 - sum_i A_ii^2) / samples`` (Gaussian probes would add
+    ``2 sum_i A_ii^2 / samples`` on top). The gradient of the estimate is an unbiased estimate of
+    the penalty's gradient, so SGD on it descends the same objective with more noise.
+
+    Args:
+        encode: maps ``(B, ...) -> (B, D)`` with examples independent of each other.
+        x: inputs; a fresh leaf requiring grad is made from them.
+        samples: number of probes per example.
+        create_graph: as in :func:`encoder_jacobian_sq_norm`.
+
+    References:
+        Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
+        smoothing splines", Communications in Statistics - Simulation and Computation, 1989.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        h = encode(x)  # (B, D)
+        v = torch.randint(0, 2, (samples, *h.shape), device=h.device).to(h.dtype).mul_(2).sub_(1)
+        if samples == 1:
+            (g,) = torch.autograd.grad(h, x, v[0], create_graph=create_graph)
+            g = g.unsqueeze(0)
+        else:
+            (g,) = torch.autograd.grad(h, x, v, is_grads_batched=True, create_graph=create_graph)
+    estimate = g.pow(2).flatten(2).sum(-1).mean(0)  # (S, B, ...) -> (B,)
+    return estimate if create_graph else estimate.detach()
+
+
+def affine_code_jacobian_sq_norm(linear: nn.Linear, activation: nn.Module, x: Tensor) -> Tensor:
+    """``||J||_F^2`` per example, ``(B,)``, in closed form for codes ``h = s(W x + b)``.
+
+    ``J = diag(s'(a)) W`` with ``a = W x + b``, so ``||J||_F^2 = sum_j s'(a_j)^2 ||W_j||^2``: one
+    forward product and no backward pass. ``x`` ``(B, ...)`` is flattened (images included); ``s``
+    is elementwise with a derivative in :data:`aelab.nn.backbones.ACTIVATION_DERIVATIVES`.
+
+    References:
+        Rifai et al., "Contractive Auto-Encoders: Explicit Invariance During Feature Extraction",
+        ICML 2011 (Section 3, the sigmoid case).
+    """
+    derivative = activation_derivative(activation)
+    if derivative is None:
+        raise ValueError(f"no derivative is known for the activation {type(activation).__name__}")
+    a = linear(x.flatten(1))  # (B, D)
+    return (derivative(a).pow(2) * linear.weight.pow(2).sum(1)).sum(1)
+
+
 class ContractivePenalty:
     """The contractive-autoencoder penalty ``||J_f(x)||_F^2``, f the encoder up to the codes.
 
-    Computed exactly with automatic differentiation, so it holds for any encoder (MLP or conv).
+    Args:
+        jacobian: how the penalty is computed.
+            ``auto``: in closed form (:func:`affine_code_jacobian_sq_norm`) when the model says its
+            encoder is one affine layer and an elementwise activation (``model.code_layer()``),
+            else exactly with automatic differentiation (any encoder, MLP or conv; ``D`` VJPs).
+            ``exact``: always automatic differentiation.
+            ``hutchinson``: while training (gradients enabled), the unbiased estimate of
+            :func:`encoder_jacobian_sq_norm_hutchinson` with ``samples`` VJPs; under ``no_grad``
+            (evaluation) the exact value, closed form where ``auto`` would use it, so logged
+            evaluation losses are comparable between modes and draw nothing from the RNG.
+        samples: probes per example for ``hutchinson``.
 
     References:
         Rifai et al., "Contractive Auto-Encoders: Explicit Invariance During Feature Extraction",
         ICML 2011.
     """
 
+    MODES = ("auto", "exact", "hutchinson")
+
+    def __init__(self, jacobian: str = "auto", samples: int = 1) -> None:
+        if jacobian not in self.MODES:
+            raise ValueError(f"jacobian must be one of {', '.join(self.MODES)}, got {jacobian!r}")
+        if samples < 1:
+            raise ValueError(f"jacobian samples must be >= 1, got {samples}")
+        self.jacobian, self.samples = jacobian, samples
+
     def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
-        return encoder_jacobian_sq_norm(lambda x: model.encode(x).mean, out.x_in)
+        encode = lambda x: model.encode(x).mean  # noqa: E731
+        if self.jacobian == "hutchinson" and torch.is_grad_enabled():
+            return encoder_jacobian_sq_norm_hutchinson(encode, out.x_in, self.samples)
+        layer = model.code_layer() if self.jacobian != "exact" else None
+        if layer is not None:
+            return affine_code_jacobian_sq_norm(*layer, out.x_in)
+        return encoder_jacobian_sq_norm(encode, out.x_in)
 
 
 def kl_per_example(qz_x: Distribution, pz: Distribution, z: Tensor, monte_carlo: bool = False) -> Tensor:
