@@ -45,6 +45,10 @@ class DeterministicHead(LatentHead):
         self.linear = Linear(in_features, latent_dim)
         self.activation = ACTIVATIONS.get(activation)() if activation else nn.Identity()
 
+    def dense_layers(self) -> list[nn.Module]:
+        """The head's layers in order, ``[linear, activation]`` (``nn.Identity`` for linear codes)."""
+        return [self.linear, self.activation]
+
     def forward(self, h: Tensor, step: int | None = None, encoding: bool = False) -> Distribution:
         return PointMass(self.activation(self.linear(h)))
 

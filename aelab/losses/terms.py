@@ -6,10 +6,12 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, Independent, kl_divergence
 from torch.func import functional_call
 
 from aelab.losses.objective import StepTerm
+from aelab.nn.backbones import activation_derivative
 from aelab.outputs import ModelOutput
 from aelab.schedules import Schedule
 
@@ -97,18 +99,101 @@ def encoder_jacobian_sq_norm(encode, x: Tensor, create_graph: bool | None = None
     return penalty if create_graph else penalty.detach()
 
 
+def encoder_jacobian_sq_norm_hutchinson(encode, x: Tensor, samples: int = 1,
+                                        create_graph: bool | None = None) -> Tensor:
+    """An unbiased estimate of ``||d encode(x) / dx||_F^2`` per example, ``(B,)``, from ``samples`` VJPs.
+
+    ``||J||_F^2 = tr(J J^T) = E_v ||J^T v||^2`` for any probe with ``E[v v^T] = I``; the probes are
+    Rademacher vectors (entries +-1), drawn from torch's global RNG independently for every example
+    and sample, and the estimate is the mean of ``||J^T v||^2`` over the samples. Each sample costs
+    one VJP, against ``D`` for :func:`encoder_jacobian_sq_norm`. With ``A = J J^T`` (``D x D``) the
+    variance of the estimate is ``2 sum_{i != j} A_ij^2 / samples``: zero when the rows of J are
+    orthogonal, and at most ``2 (||J||_F^4 - sum_i A_ii^2) / samples`` (Gaussian probes would add
+    ``2 sum_i A_ii^2 / samples`` on top). The gradient of the estimate is an unbiased estimate of
+    the penalty's gradient, so SGD on it descends the same objective with more noise.
+
+    Args:
+        encode: maps ``(B, ...) -> (B, D)`` with examples independent of each other.
+        x: inputs; a fresh leaf requiring grad is made from them.
+        samples: number of probes per example.
+        create_graph: as in :func:`encoder_jacobian_sq_norm`.
+
+    References:
+        Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
+        smoothing splines", Communications in Statistics - Simulation and Computation, 1989.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        h = encode(x)  # (B, D)
+        v = torch.randint(0, 2, (samples, *h.shape), device=h.device).to(h.dtype).mul_(2).sub_(1)
+        if samples == 1:
+            (g,) = torch.autograd.grad(h, x, v[0], create_graph=create_graph)
+            g = g.unsqueeze(0)
+        else:
+            (g,) = torch.autograd.grad(h, x, v, is_grads_batched=True, create_graph=create_graph)
+    estimate = g.pow(2).flatten(2).sum(-1).mean(0)  # (S, B, ...) -> (B,)
+    return estimate if create_graph else estimate.detach()
+
+
+def affine_code_jacobian_sq_norm(linear: nn.Linear, activation: nn.Module, x: Tensor) -> Tensor:
+    """``||J||_F^2`` per example, ``(B,)``, in closed form for codes ``h = s(W x + b)``.
+
+    ``J = diag(s'(a)) W`` with ``a = W x + b``, so ``||J||_F^2 = sum_j s'(a_j)^2 ||W_j||^2``: one
+    forward product and no backward pass. ``x`` ``(B, ...)`` is flattened (images included); ``s``
+    is elementwise with a derivative in :data:`aelab.nn.backbones.ACTIVATION_DERIVATIVES`.
+
+    References:
+        Rifai et al., "Contractive Auto-Encoders: Explicit Invariance During Feature Extraction",
+        ICML 2011 (Section 3, the sigmoid case).
+    """
+    derivative = activation_derivative(activation)
+    if derivative is None:
+        raise ValueError(f"no derivative is known for the activation {type(activation).__name__}")
+    a = linear(x.flatten(1))  # (B, D)
+    return (derivative(a).pow(2) * linear.weight.pow(2).sum(1)).sum(1)
+
+
 class ContractivePenalty:
     """The contractive-autoencoder penalty ``||J_f(x)||_F^2``, f the encoder up to the codes.
 
-    Computed exactly with automatic differentiation, so it holds for any encoder (MLP or conv).
+    Args:
+        jacobian: how the penalty is computed.
+            ``auto``: in closed form (:func:`affine_code_jacobian_sq_norm`) when the model says its
+            encoder is one affine layer and an elementwise activation (``model.code_layer()``),
+            else exactly with automatic differentiation (any encoder, MLP or conv; ``D`` VJPs).
+            ``exact``: always automatic differentiation.
+            ``hutchinson``: while training (gradients enabled), the unbiased estimate of
+            :func:`encoder_jacobian_sq_norm_hutchinson` with ``samples`` VJPs; under ``no_grad``
+            (evaluation) the exact value, closed form where ``auto`` would use it, so logged
+            evaluation losses are comparable between modes and draw nothing from the RNG.
+        samples: probes per example for ``hutchinson``.
 
     References:
         Rifai et al., "Contractive Auto-Encoders: Explicit Invariance During Feature Extraction",
         ICML 2011.
     """
 
+    MODES = ("auto", "exact", "hutchinson")
+
+    def __init__(self, jacobian: str = "auto", samples: int = 1) -> None:
+        if jacobian not in self.MODES:
+            raise ValueError(f"jacobian must be one of {', '.join(self.MODES)}, got {jacobian!r}")
+        if samples < 1:
+            raise ValueError(f"jacobian samples must be >= 1, got {samples}")
+        self.jacobian, self.samples = jacobian, samples
+
     def __call__(self, out: ModelOutput, model: nn.Module) -> Tensor:
-        return encoder_jacobian_sq_norm(lambda x: model.encode(x).mean, out.x_in)
+        encode = lambda x: model.encode(x).mean  # noqa: E731
+        if self.jacobian == "hutchinson" and torch.is_grad_enabled():
+            return encoder_jacobian_sq_norm_hutchinson(encode, out.x_in, self.samples)
+        layer = model.code_layer() if self.jacobian != "exact" else None
+        if layer is not None:
+            return affine_code_jacobian_sq_norm(*layer, out.x_in)
+        return encoder_jacobian_sq_norm(encode, out.x_in)
 
 
 def kl_per_example(qz_x: Distribution, pz: Distribution, z: Tensor, monte_carlo: bool = False) -> Tensor:
@@ -187,11 +272,85 @@ def free_bits_clamp(kl: Tensor, threshold: float) -> Tensor:
     return torch.where(active, kl, torch.full_like(kl, threshold))
 
 
-def imq_mmd_per_dimension(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> Tensor:
+MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _imq_pair_sums(a: Tensor, b: Tensor, scales: tuple[float, ...], chunk: int,
+                   grads: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``sum_{i,j} k(a_i - b_j)`` per dimension ``(D,)`` with ``k`` the IMQ kernel summed over the
+    scales, and (when ``grads``) its derivatives' sums ``row_i = sum_j k'(a_i - b_j)`` ``(B_a, D)`` and
+    ``col_j = sum_i k'(a_i - b_j)`` ``(B_b, D)``, over blocks of ``chunk`` rows of ``a``.
+
+    ``k_c(u) = c / (c + u^2)`` has ``k_c'(u) = -2 u k_c(u)^2 / c``, so both come from the same block.
+    Temporaries: four ``(chunk, B_b, D)`` blocks at a time.
+    """
+    value = a.new_zeros(a.shape[1])
+    row = torch.empty_like(a) if grads else None
+    col = torch.zeros_like(b) if grads else None
+    for start in range(0, a.shape[0], chunk):
+        u = a[start:start + chunk, None] - b[None]  # (chunk, B_b, D)
+        u2 = u.square()
+        slope = torch.zeros_like(u) if grads else None  # sum_c k_c^2 / c
+        for s in scales:
+            c = 2.0 * s
+            k = (u2 + c).reciprocal_().mul_(c)
+            value += k.sum((0, 1))
+            if grads:
+                slope.addcmul_(k, k, value=1.0 / c)
+            del k
+        if grads:
+            kp = slope.mul_(u).mul_(-2.0)  # k'(u), in place of the slope block
+            row[start:start + chunk] = kp.sum(1)
+            col += kp.sum(0)
+    return value, row, col
+
+
+class _ChunkedIMQMMD(torch.autograd.Function):
+    """The dimension-wise IMQ MMD^2 of :func:`imq_mmd_per_dimension` with its gradient computed in
+    the same blocked pass and kept as two ``(B, D)`` tensors: each output ``d`` depends only on
+    column ``d`` of x and y, so the vector-Jacobian product is ``grad_out[d] * dMMD_d/dx_id``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, scales: tuple[float, ...], chunk: int) -> Tensor:
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        b, n = x.shape[0], float(len(scales))
+        sxx, rxx, cxx = _imq_pair_sums(x, x, scales, chunk, grads)
+        syy, ryy, cyy = _imq_pair_sums(y, y, scales, chunk, grads)
+        sxy, rxy, cxy = _imq_pair_sums(x, y, scales, chunk, grads)
+        # the diagonal (i = j, distance 0) adds exactly b * k(0) = b per scale: subtracted instead of masked
+        within, between = 1.0 / (b * (b - 1)), 1.0 / (b * b)
+        mmd = (sxx - b * n) * within + (syy - b * n) * within - 2.0 * between * sxy
+        if grads:  # d sum_ij k(a_i - b_j) / d a_i = row_i, / d b_j = -col_j
+            ctx.save_for_backward((rxx - cxx) * within - 2.0 * between * rxy,
+                                  (ryy - cyy) * within + 2.0 * between * cxy)
+        return mmd
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        dx, dy = ctx.saved_tensors
+        return (dx * grad if ctx.needs_input_grad[0] else None,
+                dy * grad if ctx.needs_input_grad[1] else None, None, None)
+
+
+def imq_mmd_per_dimension(x: Tensor, y: Tensor, scales: tuple[float, ...] = MMD_SCALES, chunk: int = 64) -> Tensor:
     """Unbiased MMD^2 between samples ``x`` and ``y`` ``(B, D)``, one value per dimension ``(D,)``.
 
     Kernel: inverse multiquadric ``k(a, b) = C / (C + (a - b)^2)`` summed over ``C = 2 * s`` for each
     scale ``s`` (heavy tails keep gradients alive when the two samples are far apart).
+
+    The pairwise differences are formed ``chunk`` rows at a time and the gradient is computed in
+    the same pass (a custom autograd function), so the extra memory is ``O(chunk * B * D)`` in the
+    forward pass and ``O(B * D)`` is kept for the backward, where the direct formula holds several
+    ``(B, B, D)`` tensors per scale for autograd (at B = 500, D = 64: 64 MB each). The value and
+    gradient are the direct formula's up to the order of floating-point sums; ``chunk`` only trades
+    memory for the number of blocks. Differentiable once (no double backward).
+
+    Args:
+        x: samples ``(B, D)``.
+        y: samples ``(B, D)``.
+        scales: kernel scales ``s``.
+        chunk: rows of x (or y) per block; ``chunk >= B`` is one block.
 
     References:
         Tolstikhin et al., "Wasserstein Auto-Encoders", ICLR 2018 (IMQ kernel);
@@ -200,18 +359,12 @@ def imq_mmd_per_dimension(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.1
     b = x.shape[0]
     if b < 2:
         raise ValueError("the MMD estimate needs a batch of at least 2")
-    dxx = (x[:, None] - x[None]).pow(2)  # (B, B, D)
-    dyy = (y[:, None] - y[None]).pow(2)
-    dxy = (x[:, None] - y[None]).pow(2)
-    total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-    for s in scales:
-        c = 2.0 * s
-        # the diagonal (i = j, distance 0) adds exactly b * k(0) = b: subtracted instead of masked
-        kxx = ((c / (c + dxx)).sum((0, 1)) - b) / (b * (b - 1))
-        kyy = ((c / (c + dyy)).sum((0, 1)) - b) / (b * (b - 1))
-        kxy = (c / (c + dxy)).sum((0, 1)) / (b * b)
-        total = total + kxx + kyy - 2.0 * kxy
-    return total
+    if x.dim() != 2 or x.shape != y.shape:
+        raise ValueError(f"the MMD needs two samples of the same shape (B, D), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return _ChunkedIMQMMD.apply(x, y, tuple(float(s) for s in scales), chunk)
 
 
 def aggregate_log_density(qz_x: Distribution, z: Tensor) -> Tensor:
@@ -239,7 +392,7 @@ class AggregatePosteriorDivergence:
         Autoencoders", ICML 2019.
     """
 
-    def __init__(self, kind: str = "mmd", scales: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> None:
+    def __init__(self, kind: str = "mmd", scales: tuple[float, ...] = MMD_SCALES) -> None:
         if kind not in ("mmd", "aggregate_kl"):
             raise ValueError(f"divergence must be 'mmd' or 'aggregate_kl', got {kind!r}")
         self.kind, self.scales = kind, scales

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from aelab.batch import Batch
-from aelab.latents.heads import LatentHead
+from aelab.latents.heads import DeterministicHead, LatentHead
 from aelab.likelihoods import LikelihoodConfig, build_likelihood, mean_image
 from aelab.losses.objective import Objective
-from aelab.nn.backbones import BackboneConfig, build_decoder, build_encoder
+from aelab.nn.backbones import BackboneConfig, activation_derivative, build_decoder, build_encoder
 from aelab.nn.precision import float32_region, upcast
 from aelab.outputs import LossOutput, ModelOutput
 from aelab.protocol import Capabilities, Model
@@ -87,6 +87,23 @@ class Autoencoder(Model):
     def latent_shape(self) -> tuple[int, ...]:
         """Shape of one example's ``z`` (what ``forward`` puts in ``ModelOutput.z`` after the batch dim)."""
         return (self.config.latent_dim,)
+
+    def code_layer(self) -> tuple[nn.Linear, nn.Module] | None:
+        """``(linear, activation)`` when the encoder up to the codes is ``z = s(W x + b)`` on the
+        flattened input with an elementwise ``s`` of known derivative, else ``None``.
+
+        Read from the declared layers: an MLP backbone without hidden layers (``backbone.hidden=()``)
+        followed by a deterministic head; an ``nn.Identity`` activation stands for linear codes.
+        The contractive penalty has a closed form for exactly this shape.
+        """
+        body = self.encoder.dense_layers()  # every registered encoder declares them (None: not dense)
+        if body is None or not isinstance(self.head, DeterministicHead):
+            return None
+        layers = [m for m in [*body, *self.head.dense_layers()] if not isinstance(m, nn.Identity)]
+        if not layers or not isinstance(layers[0], nn.Linear) or len(layers) > 2:
+            return None
+        activation = layers[1] if len(layers) == 2 else nn.Identity()
+        return (layers[0], activation) if activation_derivative(activation) is not None else None
 
     # --- the pipeline -------------------------------------------------------------------------
     def encode(self, x: Tensor, step: int | None = None, encoding: bool = True) -> Distribution:

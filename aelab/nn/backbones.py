@@ -4,12 +4,18 @@ An encoder maps images ``(B, C, H, W)`` to features ``(B, F)``; a latent head tu
 q(z|x). A decoder maps codes ``(B, D)`` to likelihood parameters ``(B, C * P, H, W)``. Nothing is
 hard-wired to 28x28 or 64x64: the conv stack records its feature-map sizes on the way down and the
 decoder retraces them exactly (``output_padding`` restores odd sizes).
+
+A registered encoder declares its structure with ``dense_layers()``: the layers it applies to the
+flattened input when it is a chain of dense layers and elementwise activations, else ``None``
+(the contractive penalty's closed form is read from it, see ``Autoencoder.code_layer``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +27,40 @@ ACTIVATIONS: Registry = Registry("activation")
 for _name, _cls in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
                     "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}.items():
     ACTIVATIONS.register(_name, help=_cls.__name__)(_cls)
+
+
+def _gelu_derivative(m: nn.GELU, a: Tensor) -> Tensor:
+    if m.approximate == "tanh":  # 0.5 a (1 + tanh(u)), u = sqrt(2/pi) (a + 0.044715 a^3)
+        k = math.sqrt(2.0 / math.pi)
+        t = torch.tanh(k * (a + 0.044715 * a.pow(3)))
+        return 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * a * a)
+    return 0.5 * (1.0 + torch.erf(a / math.sqrt(2.0))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+
+
+def _silu_derivative(m: nn.SiLU, a: Tensor) -> Tensor:
+    s = torch.sigmoid(a)
+    return s * (1.0 + a * (1.0 - s))
+
+
+#: ``s'(a)`` of each elementwise activation a backbone or head may use, keyed by module type, as
+#: differentiable expressions (the contractive penalty's closed form is trained through them). At
+#: a kink the value is the one torch's own backward uses (relu: 0 at 0, leaky relu: the slope).
+ACTIVATION_DERIVATIVES: dict[type[nn.Module], Callable[[Any, Tensor], Tensor]] = {
+    nn.Identity: lambda m, a: torch.ones_like(a),
+    nn.ReLU: lambda m, a: (a > 0).to(a.dtype),
+    nn.LeakyReLU: lambda m, a: torch.where(a > 0, torch.ones_like(a), torch.full_like(a, m.negative_slope)),
+    nn.ELU: lambda m, a: torch.where(a > 0, torch.ones_like(a), m.alpha * torch.exp(a)),
+    nn.GELU: _gelu_derivative,
+    nn.SiLU: _silu_derivative,
+    nn.Tanh: lambda m, a: 1.0 - torch.tanh(a).pow(2),
+    nn.Sigmoid: lambda m, a: torch.sigmoid(a) * (1.0 - torch.sigmoid(a)),
+}
+
+
+def activation_derivative(activation: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """``a -> s'(a)`` for an elementwise activation module of a known type, else ``None``."""
+    rule = ACTIVATION_DERIVATIVES.get(type(activation))
+    return None if rule is None else lambda a: rule(activation, a)
 
 
 @dataclass
@@ -60,6 +100,10 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.net = _mlp([math.prod(shape), *cfg.hidden], cfg.activation, last_activation=True)
         self.out_features = cfg.hidden[-1] if cfg.hidden else math.prod(shape)
+
+    def dense_layers(self) -> list[nn.Module]:
+        """The layers applied, in order, to the flattened input ``(B, C*H*W)``: dense layers and activations."""
+        return list(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(1))
@@ -101,6 +145,10 @@ class ConvEncoder(nn.Module):
             layers += [Linear(flat, cfg.fc), _act(cfg.activation)]
         self.net = nn.Sequential(*layers)
         self.out_features = cfg.fc or flat
+
+    def dense_layers(self) -> None:
+        """``None``: convolutions come before any dense layer (see :meth:`MLPEncoder.dense_layers`)."""
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -152,4 +200,5 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["BackboneConfig", "build_decoder", "build_encoder", "num_parameters", "torch"]
+__all__ = ["ACTIVATION_DERIVATIVES", "BackboneConfig", "activation_derivative",
+           "build_decoder", "build_encoder", "num_parameters", "torch"]
