@@ -12,7 +12,8 @@ from their scripts, on their real data):
 * the work of one training step, counted from the model: the real step (the one the family's
   benchmark times: aelab's ``Trainer._train_step``, i.e. forward, loss, ``.item()``, backward,
   fused Adam) runs under ``torch.utils.flop_counter.FlopCounterMode``, once on each batch of the
-  timed cycle, and its total is taken (matrix products and convolutions, forward and backward;
+  timed cycle after ``--warmup`` steps (past the VQ-VAE's k-means initialisation on its first
+  step), and its total is taken (matrix products and convolutions, forward and backward;
   FlopCounterMode counts nothing else, so the Adam update, element-wise ops and reductions add
   nothing). Two of aelab's CPU paths run oneDNN operators that FlopCounterMode has no formula
   for: ``aelab.nn.Linear``'s ``mkldnn._linear_pointwise`` and the float32 LSTM's
@@ -31,15 +32,16 @@ Peers, timed in the same rounds, on the same batches, their FLOPs counted the sa
   pythae's forward and loss, backward, ``torch.optim.Adam`` (its per-tensor loop, pythae's
   default). ``--no-peers`` skips it.
 * text VAE: ``text_vae_speed.py``'s plain-PyTorch reference (packed LSTMs, per-tensor Adam), in
-  this process, on the same sentences (each batch cut to its longest sentence). It packs its
-  sequences, so it does fewer FLOPs than aelab's padded pass on the same batch; its fraction uses
-  its own count, and the ratio is of step times on the same sentences, i.e. of useful throughput.
+  this process, on the same sentences (each batch cut to its longest sentence). Its LSTMs run
+  PyTorch's native cells over packed sequences (counted as their ``mm``/``addmm``), aelab's run
+  oneDNN's over the padded batch; each fraction uses its own count (they differ by a few percent
+  on the same batch), and the ratio is of step times on the same sentences.
 
 The ratio ``aelab_over_peer`` = peer step time / aelab step time (same batches): above 1 means
 aelab is faster.
 
 Usage:
-    python benchmarks/roofline.py --threads 2 --save --markdown     # all families (~10 min on 2 cores)
+    python benchmarks/roofline.py --threads 2 --save --markdown     # all families (~15 min on 2 busy cores)
     python benchmarks/roofline.py --quick --families mlp_vae,cae    # a smoke run (seconds)
 """
 
@@ -449,6 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"counting {name}")
                 for c in (fam.aelab, fam.peer):
                     if c is not None:
+                        c.run(0, args.warmup)  # past the first step (the VQ-VAE's k-means initialisation)
                         c.count()
                 families.append(fam)
             peaks = []
@@ -521,9 +524,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, from {', '.join(FAMILIES)}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="rounds of (bound, every family); the bound once more after")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per contender and round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them, each round")
-    p.add_argument("--cycle", type=int, default=4, help="real batches per family, counted once each, cycled")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per contender and round")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before them, each round")
+    p.add_argument("--cycle", type=int, default=2, help="real batches per family, counted once each, cycled")
     p.add_argument("--peak-repeats", type=int, default=5)
     p.add_argument("--no-peers", dest="peers", action="store_false",
                    help="no peers (pythae's venv not built or wanted; the text reference is skipped too)")
