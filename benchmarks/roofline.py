@@ -534,11 +534,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the pythae virtual environment of vae_vs_pythae.py (default: %(default)s)")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 steps, 2 batches, 512^3 bound")
-    p.add_argument("--save", action="store_true", help=f"also write the JSON to {RESULT.relative_to(HERE.parent)}")
+    p.add_argument("--save", nargs="?", const=RESULT, type=Path, default=None, metavar="PATH",
+                   help=f"also write the JSON (atomically) to PATH, default {RESULT.relative_to(HERE.parent)}")
     p.add_argument("--markdown", action="store_true", help="print the README table to stderr")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    args.argv = argv
+    args.argv = [str(a) for a in argv]
     args.families = [f for f in args.families.split(",") if f]
     unknown = [f for f in args.families if f not in BUILDERS]
     if unknown:
@@ -551,9 +552,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = run(args)
     text = json.dumps(report, indent=2)
     print(text)
-    if args.save:
-        atomic_write_text(RESULT, text + "\n")
-        log(f"saved {RESULT}")
+    if args.save is not None:
+        atomic_write_text(args.save, text + "\n")
+        log(f"saved {args.save}")
     if args.markdown:
         print(markdown(report), file=sys.stderr)
     return report
