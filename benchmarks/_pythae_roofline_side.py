@@ -11,7 +11,8 @@ Protocol (one JSON line answers each command line on stdin):
     ``count``: one step on each batch of ``--batches`` under ``FlopCounterMode``:
         ``{"flops": [...], "by_op": {op: flops summed over the batches}}``;
     ``run STEPS WARMUP``: ``WARMUP`` untimed steps, then ``STEPS`` steps timed one at a time,
-        cycling over the batches: ``{"seconds": [...]}``;
+        cycling over the batches: ``{"seconds": [...], "cpu_seconds": [...], "preempted": [...]}``
+        (wall time, the process's CPU time, involuntary context switches; per step);
     ``quit``.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -93,14 +95,17 @@ def main() -> None:
                          "threads": torch.get_num_threads()}
             elif cmd[0] == "run":
                 steps, warmup = int(cmd[1]), int(cmd[2])
-                seconds = []
+                seconds, cpu_seconds, preempted = [], [], []
                 for i in range(warmup + steps):
                     x = next_batch()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    n0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
                     step(x)
                     if i >= warmup:
                         seconds.append(time.perf_counter() - t0)
-                reply = {"seconds": seconds}
+                        cpu_seconds.append(time.process_time() - c0)
+                        preempted.append(resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - n0)
+                reply = {"seconds": seconds, "cpu_seconds": cpu_seconds, "preempted": preempted}
             else:
                 reply = {"error": f"unknown command {cmd[0]!r}"}
             channel.write(json.dumps(reply) + "\n")

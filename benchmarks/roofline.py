@@ -23,7 +23,11 @@ from their scripts, on their real data):
 * the step time: the same step on the same cycle of real batches, timed one step at a time
   (``time.perf_counter`` around the step; the ``.item()`` of the loss makes it synchronous),
   ``--steps`` steps a round after ``--warmup`` untimed ones, median over all rounds' steps;
-* fraction of the bound = (FLOPs per step / step seconds) / bound.
+* fraction of the bound = (FLOPs per step / step seconds) / bound;
+* beside each step time, the process's CPU time per step (all threads) and its involuntary
+  context switches per step: on a shared machine they tell a step that waited for the CPU from
+  one that computed (an OpenMP thread spinning at a barrier for a preempted partner burns CPU
+  time that does no work).
 
 Peers, timed in the same rounds, on the same batches, their FLOPs counted the same way:
 
@@ -52,6 +56,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -165,6 +170,11 @@ def has_bf16(host: dict[str, Any]) -> bool:
     return any(f in host["flags"] for f in ("avx512_bf16", "amx_bf16"))
 
 
+def _preemptions() -> int:
+    """Involuntary context switches of this process so far (the scheduler took a thread away)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
 # --- the families ------------------------------------------------------------------------------
 @dataclass
 class Contender:
@@ -176,6 +186,8 @@ class Contender:
     flops: list[int] = field(default_factory=list)
     by_op: dict[str, int] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)  # the process's CPU seconds (all threads) per step
+    preempted: list[int] = field(default_factory=list)  # involuntary context switches per step
     _next: int = 0
 
     def count(self) -> None:
@@ -190,10 +202,12 @@ class Contender:
         for i in range(warmup + steps):
             b = self.batches[self._next % len(self.batches)]
             self._next += 1
-            t0 = time.perf_counter()
+            t0, c0, n0 = time.perf_counter(), time.process_time(), _preemptions()
             self.step(b)
             if i >= warmup:
                 self.times.append(time.perf_counter() - t0)
+                self.cpu_times.append(time.process_time() - c0)
+                self.preempted.append(_preemptions() - n0)
 
     def summary(self, peak: float) -> dict[str, Any]:
         flops = statistics.fmean(self.flops)
@@ -204,6 +218,8 @@ class Contender:
                 "ms_per_step": sec * 1e3, "ms_per_step_min": min(self.times) * 1e3,
                 "ms_per_step_quartiles": [q * 1e3 for q in statistics.quantiles(self.times, n=4)]
                 if len(self.times) > 1 else [sec * 1e3] * 3,
+                "cpu_ms_per_step": statistics.median(self.cpu_times) * 1e3,
+                "involuntary_context_switches_per_step": statistics.fmean(self.preempted),
                 "steps_timed": len(self.times), "steps_per_second": 1 / sec, "achieved_gflops": achieved,
                 "fraction_of_fp32_bound": achieved / peak}
 
@@ -241,8 +257,8 @@ def quiet_cfg(**kw: Any) -> TrainerConfig:
 class Loader:
     """The data sets, each loaded once and shared by the families that use it."""
 
-    def __init__(self, root: str, quick: bool) -> None:
-        self.root, self.quick, self._cache = root, quick, {}
+    def __init__(self, root: str) -> None:
+        self.root, self._cache = root, {}
 
     def __call__(self, name: str, **kw: Any):
         key = (name, tuple(sorted(kw.items())))
@@ -393,7 +409,10 @@ class PythaeContender(Contender):
         self.info = reply
 
     def run(self, steps: int, warmup: int) -> None:
-        self.times += self._ask(f"run {steps} {warmup}")["seconds"]
+        reply = self._ask(f"run {steps} {warmup}")
+        self.times += reply["seconds"]
+        self.cpu_times += reply["cpu_seconds"]
+        self.preempted += reply["preempted"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -435,7 +454,7 @@ def family_report(f: Family, peak: float) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     host = host_info(args.threads)
-    load = Loader(args.data_dir, args.quick)
+    load = Loader(args.data_dir)
     families: list[Family] = []
     with tempfile.TemporaryDirectory(prefix="aelab-roofline-") as tmp:
         try:
