@@ -45,8 +45,9 @@ The ratio ``aelab_over_peer`` = peer step time / aelab step time (same batches):
 aelab is faster.
 
 Usage:
-    python benchmarks/roofline.py --threads 2 --save --markdown     # all families (~15 min on 2 busy cores)
-    python benchmarks/roofline.py --quick --families mlp_vae,cae    # a smoke run (seconds)
+    python benchmarks/roofline.py --threads 2 --save --markdown     # all families (~11 min on 2 busy cores)
+    python benchmarks/roofline.py --threads 1 --save benchmarks/results/roofline_threads1.json --markdown
+    python benchmarks/roofline.py --quick --families mlp_vae --no-peers   # a smoke run (seconds)
 """
 
 from __future__ import annotations
