@@ -102,8 +102,13 @@ def test_the_configs_sweep_specs_validate():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"grdi": {}}, "unknown key 'grdi'; valid keys: name, description, base, grid, random, seeds, metrics"),
+    ({"grdi": {}}, "unknown key 'grdi'; valid keys: name, description, base, grid, random, seeds, metrics, "
+                   "metric_options"),
     ({"metrics": ["reconstructoin"]}, "metrics: unknown metric 'reconstructoin'"),
+    ({"metric_options": {"disentanglement": {"protocol": "fast"}}},
+     "metric_options: 'disentanglement' is not one of the spec's metrics []"),
+    ({"metrics": ["disentanglement"], "metric_options": {"disentanglement": {"protocl": "fast"}}},
+     "metric_options.disentanglement: unknown option(s) ['protocl']; disentanglement takes ['batch_size', 'protocol']"),
     ({"grid": {"model.latent_dimm": [2]}}, "grid['model.latent_dimm']: value 2: unknown config key"),
     ({"grid": {"trainer.lr": [-1.0]}}, "grid['trainer.lr']: value -1.0: trainer.lr must be a finite number > 0"),
     ({"grid": {"model.latent_dim": []}}, "grid['model.latent_dim']: expected a non-empty list of values"),
@@ -356,6 +361,13 @@ def test_the_specs_metrics_run_on_each_trained_trial(tmp_path):
     scores = json.loads((sweep_dir / "trials" / trial.name / "eval.json").read_text())["metrics"]
     row = sweep.trial_row(sweep_dir, trial)
     assert row["status"] == "done" and row["metrics"]["mse"] == scores["mse"] and "train_loss" in row["metrics"]
+    # "metric_options" replace the defaults the metric is called with
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep, "run_metric", lambda name, model, splits, **kw: seen.append(kw) or {"mse": 0.0})
+        sweep.evaluate_trial(sweep_dir / "trials" / trial.name, ["reconstruction"],
+                             {"reconstruction": {"batch_size": 3}})
+    assert seen == [{"batch_size": 3}]
 
 
 def test_trials_no_resources_could_hold_are_refused():

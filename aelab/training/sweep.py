@@ -12,7 +12,8 @@ A sweep is described by a JSON spec::
                  "params": {"trainer.lr": {"loguniform": [1e-4, 1e-2]},
                             "model.latent_dim": {"choice": [8, 16]}}},
       "seeds": [0, 1, 2],                       (each trial's trainer.seed)
-      "metrics": ["disentanglement"]            (optional: aelab eval's metrics, run on each trained trial)
+      "metrics": ["disentanglement"],           (optional: aelab eval's metrics, run on each trained trial)
+      "metric_options": {"disentanglement": {"protocol": "fast"}}   (optional: options other than the defaults)
     }
 
 Its trials are the grid's points crossed with the random draws and the seeds, each named after its
@@ -104,7 +105,7 @@ EVAL_NAME = "eval.json"
 #: the field each of the spec's ``seeds`` sets; replicates differ only in it
 SEED_FIELD = "trainer.seed"
 
-SPEC_KEYS = ("name", "description", "base", "grid", "random", "seeds", "metrics")
+SPEC_KEYS = ("name", "description", "base", "grid", "random", "seeds", "metrics", "metric_options")
 RANDOM_KEYS = ("n", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 
@@ -161,6 +162,9 @@ class SweepSpec:
         metrics: metrics of ``aelab eval`` (registered names) to run on each trial once it is
             trained, with their default options; kept in the trial's ``eval.json`` and summarised
             with the trainer's final metrics (taking their place on a clash of names).
+        metric_options: per metric of ``metrics``, options that replace ``aelab eval``'s defaults
+            (:func:`aelab.metrics.suite.metric_options` names which exist, e.g. the
+            disentanglement metric's ``protocol``).
         description: free text, kept with the spec.
         source: the spec file.
     """
@@ -171,6 +175,7 @@ class SweepSpec:
     random: dict[str, Any] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     metrics: list[str] = field(default_factory=list)
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     source: Path | None = None
 
@@ -182,6 +187,8 @@ class SweepSpec:
             out["random"] = self.random
         if self.metrics:
             out["metrics"] = self.metrics
+        if self.metric_options:
+            out["metric_options"] = self.metric_options
         return out
 
     def draws(self) -> list[dict[str, Any]]:
@@ -330,8 +337,18 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
             METRICS.get(m)
         except UnknownNameError as e:
             raise ConfigError(f"{path}: metrics: {_one_line(e)}") from None
+    options = data.get("metric_options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError(f"{path}: metric_options: expected {{metric: {{option: value}}}}, got {options!r}")
+    for m, opts in options.items():
+        if m not in metrics:
+            raise ConfigError(f"{path}: metric_options: {m!r} is not one of the spec's metrics {metrics}")
+        unknown = sorted(set(opts) - set(metric_options(m)))
+        if unknown:
+            raise ConfigError(f"{path}: metric_options.{m}: unknown option(s) {unknown}; "
+                              f"{m} takes {sorted(metric_options(m))}")
     spec = SweepSpec(name=name, base=base_cfg.to_dict(), grid=grid, random=rand, seeds=seeds, metrics=metrics,
-                     description=description, source=path)
+                     metric_options=options, description=description, source=path)
     spec.trials()  # every combination is a valid run config
     return spec
 
@@ -478,15 +495,16 @@ def read_eval_metrics(run_dir: Path) -> dict[str, float]:
             and is_number(v)}
 
 
-def evaluate_trial(run_dir: Path, names: Sequence[str]) -> dict[str, float]:
-    """Run ``aelab eval``'s metrics ``names`` (default options) on a trained trial and write them
-    to ``RUN_DIR/eval.json`` (atomically); returns them."""
+def evaluate_trial(run_dir: Path, names: Sequence[str],
+                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """Run ``aelab eval``'s metrics ``names`` (default options, updated by ``options[name]``) on a
+    trained trial and write them to ``RUN_DIR/eval.json`` (atomically); returns them."""
     cfg, model, data = load_run_with_data(run_dir)
     check_metrics(model, names, cfg.model, str(run_dir))
     results: dict[str, float] = {}
     for name in names:
-        options = metric_options(name, batch_size=cfg.trainer.eval_batch_size)
-        results |= run_metric(name, model, metric_splits(cfg, data, name), **options)
+        chosen = metric_options(name, batch_size=cfg.trainer.eval_batch_size) | (options or {}).get(name, {})
+        results |= run_metric(name, model, metric_splits(cfg, data, name), **chosen)
     atomic_write_text(run_dir / EVAL_NAME, json.dumps({"metrics": results}, indent=1) + "\n")
     return results
 
@@ -510,7 +528,8 @@ def _write_status(run_dir: Path, status: dict[str, Any]) -> None:
     atomic_write_text(run_dir / TRIAL_STATUS_NAME, json.dumps(status, indent=1) + "\n")
 
 
-def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: Sequence[str] = ()) -> dict[str, Any]:
+def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: Sequence[str] = (),
+              metric_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train (or continue) one trial in ``run_dir``: the body of a sweep's Ray task.
 
     Holds the run directory's lock while it runs, counts the attempt and records the process in
@@ -523,7 +542,8 @@ def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: S
         run_dir: its run directory.
         threads: torch CPU threads (the task's CPUs): a resumed run is bit-identical to an
             uninterrupted one at the same thread count.
-        metrics: ``aelab eval`` metrics to run once it is trained (:func:`evaluate_trial`).
+        metrics: ``aelab eval`` metrics to run once it is trained (:func:`evaluate_trial`), with
+            ``metric_options`` replacing their defaults.
 
     Returns:
         The trial's final status (what ``trial.json`` holds).
@@ -554,7 +574,7 @@ def run_trial(config: dict[str, Any], run_dir: str, threads: int = 1, metrics: S
         try:
             trainer, _ = train_run(RunConfig.from_dict(config), path, resume=resume, on_start=started)
             if metrics:
-                evaluate_trial(path, metrics)
+                evaluate_trial(path, metrics, metric_options)
         except Exception as e:  # a failing trial is recorded, not retried (see the docstring)
             status |= {"status": "failed", "error": f"{type(e).__name__}: {_one_line(e)}",
                        "traceback": traceback.format_exc(), "finished": time.time()}
@@ -673,7 +693,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, options: RayOptions | None
             task = ray.remote(run_trial).options(num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial,
                                                  max_retries=options.max_retries, name="aelab-trial")
             pending = {task.remote(trials[i].config, str(sweep_dir / TRIALS_DIR / trials[i].name),
-                                   options.cpus_per_trial, spec.metrics): i for i in todo}
+                                   options.cpus_per_trial, spec.metrics, spec.metric_options): i for i in todo}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds)
                 changed = False
