@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from aelab import distributed
+from aelab.training.checkpoint import read_checkpoint_meta
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +170,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     _aelab([*args, "--out", "whole"], tmp_path)
     _kill_at([*TORCHRUN, "-m", "aelab", "--threads", "1", "train", *args, "--out", "cut"], tmp_path,
              tmp_path / "cut", 130)
-    state = json.loads(load_file_meta(tmp_path / "cut" / "trainer_state.safetensors"))
+    state = read_checkpoint_meta(tmp_path / "cut" / "trainer_state.safetensors")
     assert 0 < state["step"] < 300 and state["world_size"] == 2
     (tmp_path / "cut1").mkdir()
     for f in (tmp_path / "cut").iterdir():
@@ -185,8 +186,3 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert "written by 2 process(es), this run has 1" in r1.stdout and "not bit-identical" in r1.stdout
     assert _records(tmp_path / "cut1")[-1]["step"] == 300
 
-
-def load_file_meta(path: Path) -> str:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(n))["__metadata__"]["aelab"]

@@ -197,7 +197,7 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(codes, minlength=self.num_codes)  # (K,)
         stats = {"perplexity": perplexity(counts), "codes_used": (counts > 0).sum()}
         if update:  # under torchrun: from the statistics of the whole global batch (aelab.distributed)
-            stats["dead_codes"] = self._update(flat.detach(), codes, all_reduce_(counts.clone()))
+            stats["dead_codes"] = self._update(flat.detach(), codes, all_reduce_(counts))
         return Quantized(z_q, codes.reshape(z.shape[:-1]), codebook_loss, commitment_loss, stats)
 
     # --- training-time state: initialisation, EMA, dead codes ---------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -58,6 +59,17 @@ def save_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
     info = {**meta, "optimizers": param_groups, "world_size": len(rng_states or [None])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"aelab": json.dumps(info), "sha256": tensors_sha256(tensors)})
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a checkpoint (step, total_steps, world_size, ...) from its header alone,
+    without reading a tensor; a damaged header is a :class:`ValueError` naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["aelab"])
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise ValueError(f"{path}: cannot read the trainer checkpoint's header "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],

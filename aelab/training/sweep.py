@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from aelab.compat import MissingDependencyError
 from aelab.config import ConfigError, load_json
@@ -68,7 +67,7 @@ from aelab.metrics.suite import check_metrics, metric_options, run_metric
 from aelab.protocol import CONFIG_NAME, WEIGHTS_NAME
 from aelab.registry import METRICS, UnknownNameError
 from aelab.runs import RunConfig, load_run_with_data, metric_splits, train_run
-from aelab.training.checkpoint import STATE_NAME
+from aelab.training.checkpoint import STATE_NAME, read_checkpoint_meta
 from aelab.training.results import NOT_METRICS, final_metrics, is_number, read_run_metrics
 
 __all__ = [
@@ -453,12 +452,8 @@ def checkpoint_progress(run_dir: Path) -> tuple[int, int] | None:
     path = run_dir / STATE_NAME
     if not path.is_file():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["aelab"])
-        return int(meta["step"]), int(meta["total_steps"])
-    except Exception as e:  # safetensors raises several types for a damaged header
-        raise ValueError(f"{path}: cannot read the trainer checkpoint's header ({_one_line(e)})") from None
+    meta = read_checkpoint_meta(path)
+    return int(meta["step"]), int(meta["total_steps"])
 
 
 def trial_row(sweep_dir: Path, trial: Trial) -> dict[str, Any]:

@@ -366,9 +366,9 @@ class Trainer:
         if self.run_dir is None:
             return
         states = [rng_state(self.model)]
-        if self.world_size > 1:
-            states = [{k: distributed.all_gather_cat(v[None])[r] for k, v in states[0].items()}
-                      for r in range(self.world_size)]
+        if self.world_size > 1:  # one all-gather per generator, split into the ranks' states
+            gathered = {k: distributed.all_gather_cat(v[None]) for k, v in states[0].items()}
+            states = [{k: v[r] for k, v in gathered.items()} for r in range(self.world_size)]
         if not self.writes:
             self._checkpoint_step = self.step
             return
@@ -534,12 +534,9 @@ class Trainer:
         else:
             with torch.autocast(self.device.type, dtype=dtype):
                 out = self._loss(batch, self.step)
-        if self.world_size == 1:
-            loss = out.loss.item()
-            logs = {"loss": loss, **{k: v.item() for k, v in out.terms.items()}}
-        else:  # every rank checks (and logs) the global batch's values, so all stop together
-            logs = self._global_logs({"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}})
-            loss = logs["loss"]
+        # under torchrun every rank checks (and logs) the global batch's values, so all stop together
+        logs = self._global_logs({"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}})
+        loss = logs["loss"]
         self._check_finite("loss", loss, out.terms)
         optimizer.zero_grad(set_to_none=True)
         scale = self._share * self.world_size  # 1 except on an uneven last batch under torchrun
