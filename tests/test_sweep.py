@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR, require_shared_data
 from safetensors.torch import load_file, save_file
 
 from aelab.cli import main
@@ -38,19 +39,15 @@ from aelab.training.sweep import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install -e '.[sweep]'); the sweep runner needs it")
-needs_data = pytest.mark.skipif(not (SHARED_DATA / "mnist-10k").exists() and not any(SHARED_DATA.glob("mnist-10k*")),
-                                reason=f"no mnist-10k under {SHARED_DATA}")
 
 #: 4 tiny trials (2 latent sizes x 2 seeds): an MLP autoencoder on 2,000 mnist-10k images,
 #: 250 steps of batch 16 with a checkpoint every 10 steps (a few seconds each on a loaded core)
 TINY = {
     "name": "tiny",
     "base": {"model": "ae", "model_config": {"latent_dim": 4, "backbone": {"kind": "mlp", "hidden": [32]}},
-             "data": {"name": "mnist-10k", "train_subset": 2000, "test_subset": 200, "root": str(SHARED_DATA)},
+             "data": {"name": "mnist-10k", "train_subset": 2000, "test_subset": 200, "root": str(DATA_DIR)},
              "trainer": {"epochs": 2, "batch_size": 16, "checkpoint_every": 10, "log_every": 10, "images": False,
                          "iwae_k": 0, "diagnostics": False, "progress": False}},
     "grid": {"model.latent_dim": [2, 4]},
@@ -275,10 +272,10 @@ def test_another_spec_in_the_same_directory_is_refused(finished_sweep):
 
 # --- on Ray -----------------------------------------------------------------------------------------
 @needs_ray
-@needs_data
 def test_a_killed_trial_resumes_from_its_checkpoint_and_reruns_skip_done_trials(tmp_path, capsys):
     """A 2x2 sweep on a local Ray with 2 CPUs; one trial's worker is SIGKILLed mid-run. Ray retries
     it, it continues from its last checkpoint, and its final weights equal an uninterrupted run's."""
+    require_shared_data()
     spec = load_sweep_spec(write_spec(tmp_path / "tiny.json", TINY))
     sweep_dir = tmp_path / "sweep"
     target = next(t for t in spec.trials() if t.name == "model.latent_dim=4,trainer.seed=1")
@@ -348,9 +345,9 @@ def test_a_failing_trial_is_recorded_not_raised(tmp_path):
     assert json.loads((tmp_path / "trial" / "trial.json").read_text())["traceback"].startswith("Traceback")
 
 
-@needs_data
 def test_the_specs_metrics_run_on_each_trained_trial(tmp_path):
     """``"metrics"``: aelab eval's metrics on the trained trial, in its eval.json and its row."""
+    require_shared_data()
     spec = load_sweep_spec(write_spec(tmp_path / "tiny.json", {
         **TINY, "grid": {}, "seeds": [0], "metrics": ["reconstruction"],
         "base": {**TINY["base"], "trainer": {**TINY["base"]["trainer"], "epochs": 1}}}))
