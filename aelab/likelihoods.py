@@ -211,7 +211,7 @@ class SentenceDistribution(Distribution):
         h = self.decoder.hidden_states(inputs, self._z_for(x))  # (B, T, H)
         mask = x.ne(PAD_TOKEN)
         rows = mask.nonzero()[:, 0]  # the output layer runs on real positions only
-        token_nll = F.cross_entropy(self.decoder.logits(h[mask]).float(), x[mask], reduction="none")
+        token_nll = self.decoder.token_nll(h[mask], x[mask])
         return torch.zeros(x.shape[0], dtype=token_nll.dtype, device=x.device).index_add_(0, rows, token_nll)
 
     def log_prob(self, x: Tensor) -> Tensor:

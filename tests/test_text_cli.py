@@ -7,6 +7,7 @@ in-process (one line each, exit code 2).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,20 @@ def test_eval_prints_the_text_table(text_run):
     for row in ("nll", "ppl", "neg_elbo", "kl", "mutual_info", "active_units", "recon_token_accuracy", "recon_bleu"):
         assert any(ln.split()[:1] == [row] for ln in out.splitlines()), (row, out)
     assert "IWAE bound with k=4" in out and "30 random test sentences" in out and "100 sentences" in out
+
+
+def test_eval_under_bfloat16_is_close_to_float32_and_says_so(text_run):
+    fp32 = json.loads(aelab("eval", str(text_run), "--k", "4", "--limit", "20", "--metrics", "text_likelihood",
+                            "--json").stdout)
+    out = aelab("eval", str(text_run), "--k", "4", "--limit", "20", "--metrics", "text_likelihood",
+                "--precision", "bf16").stdout
+    bf16 = json.loads(aelab("eval", str(text_run), "--k", "4", "--limit", "20", "--metrics", "text_likelihood",
+                            "--precision", "bf16", "--json").stdout)
+    assert "bf16 autocast" in out and fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    a, b = fp32["metrics"], bf16["metrics"]
+    assert a["nll"] != b["nll"]  # it did run in bfloat16 ...
+    assert b["nll"] == pytest.approx(a["nll"], abs=0.05)  # ... and the sentence NLL barely moves
+    assert b["kl"] == pytest.approx(a["kl"], abs=1e-4)  # the posterior and KL stay in float32
 
 
 def test_figures_writes_curves_and_kl_chart(text_run):

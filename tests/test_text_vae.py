@@ -22,6 +22,7 @@ from aelab.losses.terms import BagOfWordsNLL
 from aelab.metrics.likelihood import iwae_and_elbo
 from aelab.metrics.text import corpus_bleu, perplexity, text_likelihood, token_accuracy
 from aelab.models.text_vae import TextVAEConfig, text_from_data
+from aelab.nn import sequence
 from aelab.outputs import ModelOutput
 from aelab.protocol import build_model
 from aelab.training.trainer import Trainer, TrainerConfig
@@ -75,6 +76,27 @@ def test_teacher_forcing_equals_the_sampler_step_path(decoder):
     lm = build_model("text_lm", **SMALL, decoder=decoder).eval()
     q = lm.decode(5)
     torch.testing.assert_close(q.log_prob(x), q.stepwise_log_prob(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "cnn"])
+def test_evaluation_scores_in_blocks_what_training_scores_at_once(decoder, monkeypatch):
+    """Without gradients the output layer runs on blocks of rows reduced at once (logsumexp -
+    target logit); with them, one cross-entropy. Both give the same log p(x|z), here over many
+    blocks of 3 rows (the last one short)."""
+    monkeypatch.setattr(sequence, "NLL_BLOCK", 3 * V)
+    model = _vae(decoder)
+    x, z = _sentences(6), torch.randn(6, 4)
+    with_grad = model.decode(z).log_prob(x)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        blocked = model.decode(z).log_prob(x)
+        h = model.decoder.hidden_states(shift_right(x), z)
+        mask = x.ne(PAD)
+        by_hand = torch.zeros(6).index_add_(0, mask.nonzero()[:, 0], torch.log_softmax(
+            model.decoder.logits(h[mask]).double(), -1).gather(1, x[mask][:, None])[:, 0].float())
+    assert int(mask.sum()) % 3 != 0  # a short last block
+    torch.testing.assert_close(blocked, with_grad.detach(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(blocked, by_hand, rtol=1e-6, atol=1e-5)
 
 
 def test_greedy_sampling_picks_the_argmax_of_the_conditionals():

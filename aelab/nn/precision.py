@@ -16,6 +16,25 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor
 
+#: ``trainer.precision`` and ``aelab eval --precision``: each setting's autocast dtype (``None``:
+#: float32, no autocast)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def precision_context(precision: str, device: torch.device | str = "cpu") -> AbstractContextManager:
+    """The context a forward pass runs in at ``precision``: nothing for ``fp32``, bfloat16
+    autocast on ``device``'s type for ``bf16``.
+
+    Example:
+        >>> with precision_context("bf16"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
+
 
 def float32_region(x: Tensor) -> AbstractContextManager:
     """A context in which autocast is off on ``x``'s device, so ops run in their inputs' dtype.

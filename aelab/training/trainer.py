@@ -40,6 +40,7 @@ from aelab.batch import Batch
 from aelab.data.base import Split
 from aelab.data.batches import batch_indices, steps_per_epoch
 from aelab.io import RunLock, atomic_write_text, remove_orphan_temporaries
+from aelab.nn.precision import PRECISIONS, precision_context
 from aelab.outputs import LossOutput
 from aelab.protocol import Model, StepContext, model_spec
 from aelab.registry import EPOCH_EVALUATIONS, EPOCH_FIGURES, MODELS
@@ -49,7 +50,6 @@ from aelab.training.checkpoint import STATE_NAME, load_checkpoint, rng_state, sa
 
 # torch's Adam/AdamW with a leaner fused step (bitwise the same updates; aelab.training.optim)
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": optim.Adam, "adamw": optim.AdamW}
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -467,8 +467,7 @@ class Trainer:
         return self.last_metrics
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.cfg.precision]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        return precision_context(self.cfg.precision, self.device)
 
     def _draw(self, i: int) -> Batch:
         """The ``i``-th extra batch of the current step (a model's own step asks for it): random
@@ -528,12 +527,8 @@ class Trainer:
             self.step += 1
             return {**logs, "lr": lr}
         optimizer = self.optimizer
-        dtype = PRECISIONS[cfg.precision]
-        if dtype is None:
+        with self._autocast():
             out = self._loss(batch, self.step)
-        else:
-            with torch.autocast(self.device.type, dtype=dtype):
-                out = self._loss(batch, self.step)
         # under torchrun every rank checks (and logs) the global batch's values, so all stop together
         logs = self._global_logs({"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}})
         loss = logs["loss"]
