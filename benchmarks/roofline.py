@@ -189,6 +189,7 @@ class Contender:
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)  # the process's CPU seconds (all threads) per step
     preempted: list[int] = field(default_factory=list)  # involuntary context switches per step
+    profiled: dict[str, Any] | None = None
     _next: int = 0
 
     def count(self) -> None:
@@ -210,6 +211,23 @@ class Contender:
                 self.cpu_times.append(time.process_time() - c0)
                 self.preempted.append(_preemptions() - n0)
 
+    def profile(self, steps: int, top: int = 20) -> None:
+        """Where a step's time goes: ``torch.profiler``'s self time of each operator over ``steps``
+        steps (ms per step; an operator's intra-op threads run inside its time), and the rest of
+        the wall time, spent outside any operator (Python, the autograd engine's bookkeeping,
+        dispatch). Under the profiler (a few microseconds per operator more)."""
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            self.run(0, steps)  # ``steps`` untimed steps: the timings above stay profiler-free
+            wall = (time.perf_counter() - t0) * 1e3 / steps
+        ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()), key=lambda kv: -kv[1])
+        in_ops = sum(v for _, v in ops)
+        self.profiled = {"steps": steps, "wall_ms_per_step": wall, "in_operators_ms_per_step": in_ops,
+                         "outside_operators_ms_per_step": wall - in_ops,
+                         "ms_per_step_by_operator": {k: v for k, v in ops[:top]},
+                         "other_operators_ms_per_step": sum(v for _, v in ops[top:]),
+                         "operator_calls_per_step": sum(e.count for e in prof.key_averages()) / steps}
+
     def summary(self, peak: float) -> dict[str, Any]:
         flops = statistics.fmean(self.flops)
         sec = statistics.median(self.times)
@@ -222,7 +240,7 @@ class Contender:
                 "cpu_ms_per_step": statistics.median(self.cpu_times) * 1e3,
                 "involuntary_context_switches_per_step": statistics.fmean(self.preempted),
                 "steps_timed": len(self.times), "steps_per_second": 1 / sec, "achieved_gflops": achieved,
-                "fraction_of_fp32_bound": achieved / peak}
+                "fraction_of_fp32_bound": achieved / peak} | ({"profile": self.profiled} if self.profiled else {})
 
 
 @dataclass
@@ -484,6 +502,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"round {r + 1}/{args.rounds} {fam.name}: "
                         + ", ".join(f"{c.name} {1e3 * statistics.median(c.times):.1f} ms" for c in contenders))
             peaks.append(measure_peak(args, host, "after the last round"))
+            for fam in families if args.profile else []:
+                log(f"profiling {fam.name}")
+                fam.aelab.profile(args.profile)
         finally:
             for fam in families:
                 if isinstance(fam.peer, PythaeContender):
@@ -536,6 +557,15 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             row += " - | | | |"
         lines.append(row)
+    for f in report["families"].values():
+        prof = f["aelab"].get("profile")
+        if prof:
+            ops = ", ".join(f"`{k}` {v:.2f}" for k, v in list(prof["ms_per_step_by_operator"].items())[:10])
+            lines += ["", f"{f['label']}, ms per step under the profiler ({prof['steps']} steps): wall "
+                      f"{prof['wall_ms_per_step']:.2f}, outside any operator "
+                      f"{prof['outside_operators_ms_per_step']:.2f}, "
+                      f"{prof['operator_calls_per_step']:.0f} operator calls; {ops}; other operators "
+                      f"{prof['other_operators_ms_per_step']:.2f}."]
     return "\n".join(lines)
 
 
@@ -553,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--venv", type=Path, default=vae_vs_pythae.default_venv(),
                    help="the pythae virtual environment of vae_vs_pythae.py (default: %(default)s)")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after the rounds, profile aelab's step of each family over STEPS steps (time per operator)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 steps, 2 batches, 512^3 bound")
     p.add_argument("--save", nargs="?", const=RESULT, type=Path, default=None, metavar="PATH",
                    help=f"also write the JSON (atomically) to PATH, default {RESULT.relative_to(HERE.parent)}")

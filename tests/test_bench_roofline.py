@@ -44,7 +44,8 @@ def test_lstm_counts_by_hand():
 
 
 def test_quick_run_reports_every_field(capsys):
-    report = roofline.main(["--quick", "--families", "mlp_vae", "--no-peers", "--threads", "1", "--markdown"])
+    report = roofline.main(["--quick", "--families", "mlp_vae", "--no-peers", "--threads", "1", "--markdown",
+                            "--profile", "2"])
     out = capsys.readouterr()
     assert json.loads(out.out) == json.loads(json.dumps(report))
     assert {"cpu", "flags", "threads", "cpu_capability"} <= set(report["host"])
@@ -61,3 +62,11 @@ def test_quick_run_reports_every_field(capsys):
     assert row["gflop_per_step"] * 1e9 == pytest.approx(3 * forward - 2 * b * 784 * 512, rel=1e-12)
     assert row["fraction_of_fp32_bound"] == pytest.approx(row["achieved_gflops"] / bound["fp32_gflops"])
     assert "| MLP VAE (pythae protocol) | 100 |" in out.err
+    prof = row["profile"]  # where the step's time goes, per operator
+    assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0 and prof["operator_calls_per_step"] > 10
+    ops = prof["ms_per_step_by_operator"]
+    assert any("linear" in k or "addmm" in k for k in ops) and any("adam" in k.lower() for k in ops), ops
+    assert prof["in_operators_ms_per_step"] == pytest.approx(sum(ops.values()) + prof["other_operators_ms_per_step"])
+    assert prof["outside_operators_ms_per_step"] == pytest.approx(prof["wall_ms_per_step"]
+                                                                  - prof["in_operators_ms_per_step"])
+    assert "outside any operator" in out.err

@@ -97,6 +97,14 @@ def test_evaluation_scores_in_blocks_what_training_scores_at_once(decoder, monke
     assert int(mask.sum()) % 3 != 0  # a short last block
     torch.testing.assert_close(blocked, with_grad.detach(), rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(blocked, by_hand, rtol=1e-6, atol=1e-5)
+    # under bfloat16 autocast: the weight cast once, products in bfloat16, the reduction in float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        blocked_bf16 = model.decode(z).log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        at_once_bf16 = model.decode(z).log_prob(x)
+    assert blocked_bf16.dtype == torch.float32 and not torch.equal(blocked_bf16, blocked)
+    torch.testing.assert_close(blocked_bf16, at_once_bf16.detach(), rtol=0, atol=0.05)
+    torch.testing.assert_close(blocked_bf16, by_hand, rtol=0, atol=0.1)
 
 
 def test_greedy_sampling_picks_the_argmax_of_the_conditionals():

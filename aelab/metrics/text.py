@@ -33,8 +33,9 @@ from aelab.registry import EPOCH_EVALUATIONS, METRICS
 __all__ = ["corpus_bleu", "perplexity", "sentence_batches", "text_evaluation", "text_likelihood",
            "text_reconstruction", "token_accuracy"]
 
-#: logits held at once when scoring importance samples: (samples x tokens x vocabulary) floats
-LOGIT_BUDGET = 1 << 26
+#: decoder states held at once when scoring importance samples: (samples x tokens x width) floats
+#: (the logits are reduced block by block, :meth:`~aelab.nn.sequence.SentenceDecoder.token_nll`)
+STATE_BUDGET = 1 << 24
 
 
 def perplexity(total_nll: float, tokens: int) -> float:
@@ -175,7 +176,7 @@ def text_likelihood(model: Model, data: Split, k: int = 500, limit: int | None =
             if not is_vae:
                 sums["nll"] += model.decode(b).nll(x).double().sum().item()
                 continue
-            chunk = max(1, LOGIT_BUDGET // (b * t * model.config.vocab_size))
+            chunk = max(1, STATE_BUDGET // (b * t * model.decoder.hidden))
             iwae, elbo_k = iwae_and_elbo(model, x, k, chunk)
             sums["nll"] -= iwae.double().sum().item()
             sums["neg_elbo"] -= elbo_k.double().sum().item()

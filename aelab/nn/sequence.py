@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -125,6 +126,7 @@ class SentenceDecoder(nn.Module):
 
     vocab_size: int
     latent_dim: int
+    hidden: int
 
     def hidden_states(self, inputs: Tensor, z: Tensor | None) -> Tensor:
         """Teacher forcing: inputs ``(B, T)`` -> states ``(B, T, H)``, causal in ``t``."""
@@ -161,11 +163,23 @@ class SentenceDecoder(nn.Module):
         """
         if torch.is_grad_enabled():
             return F.cross_entropy(self.logits(h).float(), targets, reduction="none")
+        project, device = self.logits, h.device.type
+        if torch.is_autocast_enabled(device):
+            # autocast would cast the (V, H) weight again for every block: cast it once, laid out
+            # (H, V) (the layout the bfloat16 product runs fastest on: 1.4x F.linear's, H = 512,
+            # V = 22,746), and run the blocks outside autocast
+            dtype = torch.get_autocast_dtype(device)
+            weight, bias = self.out.weight.to(dtype).t().contiguous(), self.out.bias.to(dtype)
+
+            def project(x: Tensor) -> Tensor:
+                return torch.addmm(bias, self.out_dropout(x).to(dtype), weight)
+
         rows = max(1, NLL_BLOCK // self.vocab_size)
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        for i in range(0, h.shape[0], rows):
-            logits = self.logits(h[i : i + rows]).float()
-            out[i : i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, targets[i : i + rows, None])[:, 0]
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+            for i in range(0, h.shape[0], rows):
+                logits = project(h[i : i + rows]).float()
+                out[i : i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, targets[i : i + rows, None])[:, 0]
         return out
 
 
