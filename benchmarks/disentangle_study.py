@@ -77,6 +77,7 @@ def run_config(row: str, seed: int, args: argparse.Namespace) -> RunConfig:
     settings = dict(settings)
     if name == "annealed_vae":  # C reaches c_max a third of the way, as disentanglement_lib's 100k of 300k
         settings["c_steps"] = max(1, args.steps // 3)
+    settings |= dict(args.set)  # --set: probes of other settings (in their own --runs directory)
     return RunConfig.from_dict({
         "model": name, "model_config": merge(MODEL, settings), "data": dict(DATA, root=str(args.data_dir)),
         "trainer": dict(TRAINER, seed=seed, max_steps=args.steps)})
@@ -96,6 +97,30 @@ def train(job: tuple[str, int, argparse.Namespace]) -> None:
     train_run(run_config(row, seed, args), run_dir,
               resume=not args.retrain and (run_dir / "trainer_state.safetensors").is_file())
     print(f"{row} seed {seed}: trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, lists), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def curves(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """A run's training reconstruction every ``--curve-every`` steps and its last test record."""
+    run_dir = Path(args.runs) / row / f"seed{seed}"
+    if not (run_dir / "metrics.jsonl").is_file():
+        return {"row": row, "seed": seed, "missing": True}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    test = [r for r in records if r["split"] == "test"]
+    return {"row": row, "seed": seed, "settings": dict(args.set),
+            "train_recon": {r["step"]: round(r["recon"], 1) for r in records
+                            if r["split"] == "train" and r["step"] % args.curve_every == 0},
+            "test": {k: test[-1][k] for k in ("step", "recon", "kl") if k in test[-1]} if test else None}
 
 
 def evaluate(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -166,7 +191,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(p, list(MODELS), "aelab_disentangle_study", SHARED_DATA)
     p.add_argument("--steps", type=int, default=STEPS, help="training steps of every run")
-    p.add_argument("--phase", choices=("train", "eval", "all"), default="all")
+    p.add_argument("--phase", choices=("train", "eval", "all", "curves"), default="all",
+                   help="curves: print each finished run's training reconstruction every --curve-every steps and "
+                   "its final test reconstruction and KL (JSON), no metrics")
+    p.add_argument("--curve-every", type=int, default=500)
+    p.add_argument("--set", action="append", default=[], type=setting, metavar="KEY=VALUE",
+                   help="override a model setting of every row (a probe; give it its own --runs)")
     p.add_argument("--figure", help="write the traversal figure here (PNG)")
     p.add_argument("--protocol", choices=("dlib", "fast"), default="dlib", help="the metrics' protocol")
     p.add_argument("--quick", action="store_true", help="50 steps a run (a smoke run)")
@@ -186,6 +216,9 @@ def main() -> None:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             pool.map(train, jobs, chunksize=1)
     if args.phase == "train":
+        return
+    if args.phase == "curves":
+        print(json.dumps([curves(r, s, args) for r, s, _ in jobs], indent=1))
         return
     torch.set_num_threads(args.threads * args.jobs)
     results = [evaluate(r, s, args) for r, s, _ in jobs]

@@ -53,6 +53,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -190,6 +192,7 @@ class Contender:
     cpu_times: list[float] = field(default_factory=list)  # the process's CPU seconds (all threads) per step
     preempted: list[int] = field(default_factory=list)  # involuntary context switches per step
     profiled: dict[str, Any] | None = None
+    bf16_twin: Callable[[], Contender] | None = None  # the same model and step under trainer.precision=bf16
     _next: int = 0
 
     def count(self) -> None:
@@ -254,6 +257,7 @@ class Family:
     peer: Contender | None = None
     peer_label: str | None = None
     notes: str = ""
+    bf16: Contender | None = None
 
 
 def _cycle(it: Iterator[Any], n: int) -> list[Any]:
@@ -263,6 +267,14 @@ def _cycle(it: Iterator[Any], n: int) -> list[Any]:
 def trainer_step(model, train, cfg: TrainerConfig) -> Callable[[Batch], Any]:
     """aelab's real step: ``Trainer._train_step`` (what the Trainer's epoch loop calls per batch)."""
     return Trainer(model, train, None, cfg)._train_step
+
+
+def aelab_contender(model, train, cfg: TrainerConfig, batches: list[Any]) -> Contender:
+    """aelab's step of ``model`` on ``batches``, with its bfloat16 twin: a copy of the model taken
+    now (the same initial weights), stepped under ``trainer.precision=bf16`` (``--bf16``)."""
+    twin = copy.deepcopy(model)
+    return Contender("aelab", trainer_step(model, train, cfg), batches, bf16_twin=lambda: Contender(
+        "aelab bf16", trainer_step(twin, train, dataclasses.replace(cfg, precision="bf16")), batches))
 
 
 def image_batches(data, batch_size: int, n: int, seed: int = 0) -> list[Batch]:
@@ -291,28 +303,28 @@ def mlp_vae(args, load: Loader) -> Family:
     bs = vae_vs_pythae.BATCH_SIZE
     torch.manual_seed(0)
     model = build_model("vae", **vae_vs_pythae.MODEL)
-    step = trainer_step(model, data.train, quiet_cfg(batch_size=bs, lr=vae_vs_pythae.LR, seed=0))
     batches = image_batches(data, bs, args.cycle)
     return Family("mlp_vae", "MLP VAE (pythae protocol)", "784-512-16, Bernoulli, fused Adam", "fashion-mnist",
-                  bs, Contender("aelab", step, batches))
+                  bs, aelab_contender(model, data.train, quiet_cfg(batch_size=bs, lr=vae_vs_pythae.LR, seed=0),
+                                      batches))
 
 
 def conv_vae(args, load: Loader) -> Family:
     data = load("fashion-mnist")
     torch.manual_seed(0)
     model = build_model("vae", image_shape=data.info.shape, latent_dim=16, backbone=vae_variants.NETWORK)
-    step = trainer_step(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0))
     return Family("conv_vae", "conv VAE (vae_variants)", "conv 32-64 s2 + dense 256, 16-d, Bernoulli", "fashion-mnist",
-                  128, Contender("aelab", step, image_batches(data, 128, args.cycle)))
+                  128, aelab_contender(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0),
+                                       image_batches(data, 128, args.cycle)))
 
 
 def vqvae(args, load: Loader) -> Family:
     data = load("fashion-mnist")
     torch.manual_seed(0)
     model = build_model("vqvae", image_shape=data.info.shape, **vq_fashion.MODELS["vqvae"])
-    step = trainer_step(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0))
     return Family("vqvae", "VQ-VAE (vq_fashion)", "aelab's default vqvae", "fashion-mnist", 128,
-                  Contender("aelab", step, image_batches(data, 128, args.cycle)))
+                  aelab_contender(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0),
+                                  image_batches(data, 128, args.cycle)))
 
 
 def pixelcnn_prior(args, load: Loader) -> Family:
@@ -327,12 +339,11 @@ def pixelcnn_prior(args, load: Loader) -> Family:
     prior_args = argparse.Namespace(prior_channels=128, prior_layers=10)  # vq_fashion's defaults
     torch.manual_seed(0)
     prior = vq_fashion.code_prior_for(vq, prior_args)
-    step = trainer_step(prior, codes, quiet_cfg(batch_size=128, lr=1e-3, seed=0))
     batches = _cycle(train_batches(codes, 128, 0, 0), args.cycle)
     grid = "x".join(map(str, vq.code_shapes[0]))
     return Family("pixelcnn_prior", "PixelCNN code prior (vq_fashion)",
                   f"gated PixelCNN 128 ch, 10 layers, on {grid} code grids", "fashion-mnist codes", 128,
-                  Contender("aelab", step, batches))
+                  aelab_contender(prior, codes, quiet_cfg(batch_size=128, lr=1e-3, seed=0), batches))
 
 
 def cae(args, load: Loader) -> Family:
@@ -340,9 +351,9 @@ def cae(args, load: Loader) -> Family:
     torch.manual_seed(0)
     model = build_model("cae", image_shape=data.info.shape, latent_dim=32,
                         backbone={"kind": "mlp", "hidden": (512, 256)}, **deterministic_aes.MODELS["cae"])
-    step = trainer_step(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0))
     return Family("cae", "contractive AE (deterministic_aes)", "784-512-256-32, exact Jacobian penalty",
-                  "fashion-mnist", 128, Contender("aelab", step, image_batches(data, 128, args.cycle)))
+                  "fashion-mnist", 128, aelab_contender(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0),
+                                                        image_batches(data, 128, args.cycle)))
 
 
 TEXT = argparse.Namespace(embed=256, hidden=512, latent=32, batch_size=32, lr=1e-3)  # text_vae_speed's defaults
@@ -353,8 +364,8 @@ def text_vae(args, load: Loader) -> Family:
     vocab, max_len = len(splits.info.vocab), splits.info.shape[0]
     torch.manual_seed(0)
     model = build_model("text_vae", **tvs.model_cfg(TEXT, vocab, max_len))
-    step = trainer_step(model, splits.train, quiet_cfg(batch_size=TEXT.batch_size, lr=TEXT.lr, seed=0))
     batches = _cycle(train_batches(splits.train, TEXT.batch_size, 0, 0), args.cycle)
+    mine = aelab_contender(model, splits.train, quiet_cfg(batch_size=TEXT.batch_size, lr=TEXT.lr, seed=0), batches)
     torch.manual_seed(0)
     ref = tvs.ReferenceSentenceVAE(vocab, TEXT.embed, TEXT.hidden, TEXT.latent)
     opt = torch.optim.Adam(ref.parameters(), lr=TEXT.lr)
@@ -369,7 +380,7 @@ def text_vae(args, load: Loader) -> Family:
         return loss.item()
 
     return Family("text_vae", "text VAE (text_vae_speed)", "emb 256, LSTM 512, 32-d, vocab "
-                  f"{vocab}", "fortunes", TEXT.batch_size, Contender("aelab", step, batches),
+                  f"{vocab}", "fortunes", TEXT.batch_size, mine,
                   Contender("reference", ref_step, batches), "plain PyTorch (text_vae_speed.py's reference)")
 
 
@@ -380,10 +391,9 @@ def tdvae(args, load: Loader) -> Family:
     cfg = fit_config_to_data(cfg, data.info)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.model_config)
-    step = trainer_step(model, data.train, cfg.trainer)
     bs = cfg.trainer.batch_size
     return Family("tdvae", "TD-VAE (tdvae_claims)", "moving MNIST 20 frames, jumps 1..5", "moving-mnist", bs,
-                  Contender("aelab", step, image_batches(data, bs, args.cycle)))
+                  aelab_contender(model, data.train, cfg.trainer, image_batches(data, bs, args.cycle)))
 
 
 BUILDERS: dict[str, Callable[[argparse.Namespace, Loader], Family]] = {
@@ -456,9 +466,14 @@ def measure_peak(args, host: dict[str, Any], when: str) -> dict[str, Any]:
     return out
 
 
-def family_report(f: Family, peak: float) -> dict[str, Any]:
+def family_report(f: Family, peak: float, bf16_peak: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"label": f.label, "config": f.config, "data": f.data, "batch_size": f.batch_size,
                            "aelab": f.aelab.summary(peak)}
+    if f.bf16 is not None:  # its fraction is of the bfloat16 bound (of the fp32 one where the CPU has none)
+        twin = f.bf16.summary(bf16_peak or peak)
+        twin["fraction_of_bound"] = twin.pop("fraction_of_fp32_bound")
+        row["aelab_bf16"] = twin | {"bound": "bf16" if bf16_peak else "fp32"}
+        row["bf16_speedup"] = row["aelab"]["ms_per_step"] / row["aelab_bf16"]["ms_per_step"]
     if f.notes:
         row["notes"] = f.notes
     if f.peer is not None:
@@ -486,8 +501,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     fam.peer_label = f"{vae_vs_pythae.PYTHAE} (its BaseTrainer step, torch.optim.Adam)"
                 elif not args.peers:
                     fam.peer = None
+                if args.bf16:
+                    fam.bf16 = fam.aelab.bf16_twin()
                 log(f"counting {name}")
-                for c in (fam.aelab, fam.peer):
+                for c in (fam.aelab, fam.bf16, fam.peer):
                     if c is not None:
                         c.run(0, args.warmup)  # past the first step (the VQ-VAE's k-means initialisation)
                         c.count()
@@ -496,7 +513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 peaks.append(measure_peak(args, host, f"before round {r + 1}"))
                 for fam in families:
-                    contenders = [c for c in (fam.aelab, fam.peer) if c is not None]
+                    contenders = [c for c in (fam.aelab, fam.bf16, fam.peer) if c is not None]
                     for c in contenders if r % 2 == 0 else contenders[::-1]:  # alternate who goes first
                         c.run(args.steps, args.warmup)
                     log(f"round {r + 1}/{args.rounds} {fam.name}: "
@@ -510,6 +527,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if isinstance(fam.peer, PythaeContender):
                     fam.peer.close()
     bound = max(p["fp32_gflops"] for p in peaks)
+    bf16_bound = max((p["bf16_gflops"] for p in peaks if "bf16_gflops" in p), default=None)
     return {
         "benchmark": "roofline",
         "command": "python benchmarks/roofline.py " + " ".join(args.argv),
@@ -524,7 +542,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "counting": "FlopCounterMode over one real training step per batch of the cycle (matrix products and "
                     "convolutions, forward and backward; the optimizer, element-wise ops and reductions count "
                     "zero), with formulas for mkldnn._linear_pointwise and mkldnn_rnn_layer(_backward)",
-        "families": {f.name: family_report(f, bound) for f in families},
+        "families": {f.name: family_report(f, bound, bf16_bound) for f in families},
     }
 
 
@@ -557,6 +575,13 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             row += " - | | | |"
         lines.append(row)
+    bf16_rows = [f for f in report["families"].values() if "aelab_bf16" in f]
+    if bf16_rows:
+        lines += ["", "| family | fp32 ms / step | bf16 ms / step | bf16 speed-up | bf16 fraction of its bound |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {f['label']} | {f['aelab']['ms_per_step']:.1f} | {f['aelab_bf16']['ms_per_step']:.1f} | "
+                  f"{f['bf16_speedup']:.2f}x | {f['aelab_bf16']['fraction_of_bound']:.3f} "
+                  f"({f['aelab_bf16']['bound']}) |" for f in bf16_rows]
     for f in report["families"].values():
         prof = f["aelab"].get("profile")
         if prof:
@@ -583,6 +608,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--venv", type=Path, default=vae_vs_pythae.default_venv(),
                    help="the pythae virtual environment of vae_vs_pythae.py (default: %(default)s)")
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
+    p.add_argument("--bf16", action="store_true",
+                   help="also time each family's step under trainer.precision=bf16 (a copy of the same model)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the rounds, profile aelab's step of each family over STEPS steps (time per operator)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 steps, 2 batches, 512^3 bound")

@@ -35,7 +35,7 @@ __all__ = ["corpus_bleu", "perplexity", "sentence_batches", "text_evaluation", "
 
 #: decoder states held at once when scoring importance samples: (samples x tokens x width) floats
 #: (the logits are reduced block by block, :meth:`~aelab.nn.sequence.SentenceDecoder.token_nll`)
-STATE_BUDGET = 1 << 24
+STATE_BUDGET = 1 << 22
 
 
 def perplexity(total_nll: float, tokens: int) -> float:
