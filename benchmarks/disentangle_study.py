@@ -117,7 +117,9 @@ def curves(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         return {"row": row, "seed": seed, "missing": True}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     test = [r for r in records if r["split"] == "test"]
-    return {"row": row, "seed": seed, "settings": dict(args.set),
+    model_config = json.loads((run_dir / "config.json").read_text())["model_config"]
+    settings = {k: v for k, v in model_config.items() if k in MODELS[row][1] or k in dict(args.set) or k == "c_steps"}
+    return {"row": row, "seed": seed, "settings": settings,
             "train_recon": {r["step"]: round(r["recon"], 1) for r in records
                             if r["split"] == "train" and r["step"] % args.curve_every == 0},
             "test": {k: test[-1][k] for k in ("step", "recon", "kl") if k in test[-1]} if test else None}

@@ -48,6 +48,8 @@ Usage:
     python benchmarks/roofline.py --threads 2 --save --markdown     # all families (~11 min on 2 busy cores)
     python benchmarks/roofline.py --threads 1 --save benchmarks/results/roofline_threads1.json --markdown
     python benchmarks/roofline.py --quick --families mlp_vae --no-peers   # a smoke run (seconds)
+    python benchmarks/roofline.py --threads 2 --bf16 --profile 20 --markdown   # + bfloat16 steps, + time per operator
+    python benchmarks/roofline.py --threads 2 --families mlp_vae,conv_vae --compile --no-peers   # + torch.compile
 """
 
 from __future__ import annotations
@@ -192,7 +194,9 @@ class Contender:
     cpu_times: list[float] = field(default_factory=list)  # the process's CPU seconds (all threads) per step
     preempted: list[int] = field(default_factory=list)  # involuntary context switches per step
     profiled: dict[str, Any] | None = None
-    bf16_twin: Callable[[], Contender] | None = None  # the same model and step under trainer.precision=bf16
+    #: variants of the same step (``--bf16``, ``--compile``): name -> a factory of the contender
+    twins: dict[str, Callable[[], Contender]] = field(default_factory=dict)
+    compile_seconds: float | None = None  # a compiled variant: its first step (compilation included)
     _next: int = 0
 
     def count(self) -> None:
@@ -257,7 +261,8 @@ class Family:
     peer: Contender | None = None
     peer_label: str | None = None
     notes: str = ""
-    bf16: Contender | None = None
+    variants: dict[str, Contender] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # variants that could not run: the error
 
 
 def _cycle(it: Iterator[Any], n: int) -> list[Any]:
@@ -270,11 +275,22 @@ def trainer_step(model, train, cfg: TrainerConfig) -> Callable[[Batch], Any]:
 
 
 def aelab_contender(model, train, cfg: TrainerConfig, batches: list[Any]) -> Contender:
-    """aelab's step of ``model`` on ``batches``, with its bfloat16 twin: a copy of the model taken
-    now (the same initial weights), stepped under ``trainer.precision=bf16`` (``--bf16``)."""
-    twin = copy.deepcopy(model)
-    return Contender("aelab", trainer_step(model, train, cfg), batches, bf16_twin=lambda: Contender(
-        "aelab bf16", trainer_step(twin, train, dataclasses.replace(cfg, precision="bf16")), batches))
+    """aelab's step of ``model`` on ``batches``, with its variants, each on a copy of the model
+    taken now (the same initial weights): ``bf16``, stepped under ``trainer.precision=bf16``;
+    ``compiled``, its ``loss`` (forward, loss terms, and through AOTAutograd the backward) under
+    ``torch.compile`` (default inductor backend)."""
+    copies = {name: copy.deepcopy(model) for name in ("bf16", "compiled")}
+
+    def bf16() -> Contender:
+        return Contender("aelab bf16", trainer_step(copies["bf16"], train, dataclasses.replace(cfg, precision="bf16")),
+                         batches)
+
+    def compiled() -> Contender:
+        twin = copies["compiled"]
+        twin.loss = torch.compile(twin.loss)
+        return Contender("aelab compiled", trainer_step(twin, train, cfg), batches)
+
+    return Contender("aelab", trainer_step(model, train, cfg), batches, twins={"bf16": bf16, "compiled": compiled})
 
 
 def image_batches(data, batch_size: int, n: int, seed: int = 0) -> list[Batch]:
@@ -469,11 +485,15 @@ def measure_peak(args, host: dict[str, Any], when: str) -> dict[str, Any]:
 def family_report(f: Family, peak: float, bf16_peak: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"label": f.label, "config": f.config, "data": f.data, "batch_size": f.batch_size,
                            "aelab": f.aelab.summary(peak)}
-    if f.bf16 is not None:  # its fraction is of the bfloat16 bound (of the fp32 one where the CPU has none)
-        twin = f.bf16.summary(bf16_peak or peak)
+    if f.failed:
+        row["failed_variants"] = f.failed
+    for name, c in f.variants.items():  # a bf16 step's fraction is of the bfloat16 bound (where the CPU has one)
+        bf16 = name == "bf16" and bf16_peak is not None
+        twin = c.summary(bf16_peak if bf16 else peak)
         twin["fraction_of_bound"] = twin.pop("fraction_of_fp32_bound")
-        row["aelab_bf16"] = twin | {"bound": "bf16" if bf16_peak else "fp32"}
-        row["bf16_speedup"] = row["aelab"]["ms_per_step"] / row["aelab_bf16"]["ms_per_step"]
+        row.setdefault("variants", {})[name] = twin | {
+            "bound": "bf16" if bf16 else "fp32", "speedup": row["aelab"]["ms_per_step"] / twin["ms_per_step"],
+            **({"compile_seconds": c.compile_seconds} if c.compile_seconds is not None else {})}
     if f.notes:
         row["notes"] = f.notes
     if f.peer is not None:
@@ -501,19 +521,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     fam.peer_label = f"{vae_vs_pythae.PYTHAE} (its BaseTrainer step, torch.optim.Adam)"
                 elif not args.peers:
                     fam.peer = None
-                if args.bf16:
-                    fam.bf16 = fam.aelab.bf16_twin()
+                fam.variants = {v: fam.aelab.twins[v]() for v in args.variants}
                 log(f"counting {name}")
-                for c in (fam.aelab, fam.bf16, fam.peer):
-                    if c is not None:
-                        c.run(0, args.warmup)  # past the first step (the VQ-VAE's k-means initialisation)
-                        c.count()
+                for c in (fam.aelab, *list(fam.variants.values()), fam.peer):
+                    if c is None:
+                        continue
+                    if c.name == "aelab compiled":  # its first step compiles; its FLOPs are aelab's
+                        t0 = time.perf_counter()
+                        try:
+                            c.run(0, 1)
+                        except Exception as e:  # noqa: BLE001 - a step torch.compile cannot run is a finding
+                            fam.variants.pop("compiled")
+                            fam.failed["compiled"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                            log(f"{name} compiled: {fam.failed['compiled']}")
+                            continue
+                        c.compile_seconds = time.perf_counter() - t0
+                        c.run(0, args.warmup)
+                        c.flops, c.by_op = list(fam.aelab.flops), dict(fam.aelab.by_op)
+                        continue
+                    c.run(0, args.warmup)  # past the first step (the VQ-VAE's k-means initialisation)
+                    c.count()
                 families.append(fam)
             peaks = []
             for r in range(args.rounds):
                 peaks.append(measure_peak(args, host, f"before round {r + 1}"))
                 for fam in families:
-                    contenders = [c for c in (fam.aelab, fam.bf16, fam.peer) if c is not None]
+                    contenders = [c for c in (fam.aelab, *fam.variants.values(), fam.peer) if c is not None]
                     for c in contenders if r % 2 == 0 else contenders[::-1]:  # alternate who goes first
                         c.run(args.steps, args.warmup)
                     log(f"round {r + 1}/{args.rounds} {fam.name}: "
@@ -575,14 +608,17 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             row += " - | | | |"
         lines.append(row)
-    bf16_rows = [f for f in report["families"].values() if "aelab_bf16" in f]
-    if bf16_rows:
-        lines += ["", "| family | fp32 ms / step | bf16 ms / step | bf16 speed-up | bf16 fraction of its bound |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {f['label']} | {f['aelab']['ms_per_step']:.1f} | {f['aelab_bf16']['ms_per_step']:.1f} | "
-                  f"{f['bf16_speedup']:.2f}x | {f['aelab_bf16']['fraction_of_bound']:.3f} "
-                  f"({f['aelab_bf16']['bound']}) |" for f in bf16_rows]
+    variant_rows = [(f, name, v) for f in report["families"].values() for name, v in f.get("variants", {}).items()]
+    if variant_rows:
+        lines += ["", "| family | variant | ms / step | fp32 eager ms / step | speed-up | fraction of its bound | "
+                  "compile s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for f, name, v in variant_rows:
+            compiled = f"{v['compile_seconds']:.0f}" if "compile_seconds" in v else ""
+            lines.append(f"| {f['label']} | {name} | {v['ms_per_step']:.1f} | {f['aelab']['ms_per_step']:.1f} | "
+                         f"{v['speedup']:.2f}x | {v['fraction_of_bound']:.3f} ({v['bound']}) | {compiled} |")
     for f in report["families"].values():
+        for name, why in f.get("failed_variants", {}).items():
+            lines += ["", f"{f['label']}, {name}: failed ({why})."]
         prof = f["aelab"].get("profile")
         if prof:
             ops = ", ".join(f"`{k}` {v:.2f}" for k, v in list(prof["ms_per_step_by_operator"].items())[:10])
@@ -610,6 +646,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default=os.environ.get("AELAB_DATA_DIR", str(SHARED_DATA)))
     p.add_argument("--bf16", action="store_true",
                    help="also time each family's step under trainer.precision=bf16 (a copy of the same model)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each family's step with its loss under torch.compile (compile time reported)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the rounds, profile aelab's step of each family over STEPS steps (time per operator)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 steps, 2 batches, 512^3 bound")
@@ -620,6 +658,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.argv = [str(a) for a in argv]
     args.families = [f for f in args.families.split(",") if f]
+    args.variants = [v for v, on in (("bf16", args.bf16), ("compiled", args.compile)) if on]
     unknown = [f for f in args.families if f not in BUILDERS]
     if unknown:
         p.error(f"unknown family {unknown[0]!r}; families: {', '.join(FAMILIES)}")
