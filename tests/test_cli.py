@@ -57,9 +57,15 @@ def test_train_eval_reconstruct(tmp_path, shared_data):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, shared_data):
-    args = ["dae", "--data", "mnist-10k", *SMALL, "--set", "trainer.epochs=3", "--set", "trainer.checkpoint_every=5",
-            "--set", "trainer.images=false"]
+@pytest.mark.parametrize("model", [
+    ["dae"],
+    # with the speed options on: bfloat16 autocast, and the CAE's stochastic (Hutchinson) Jacobian penalty
+    ["vae", "--set", "trainer.precision=bf16"],
+    ["cae", "--set", "model.jacobian=hutchinson", "--set", "model.backbone.hidden=[64,32]"],
+], ids=["dae", "vae-bf16", "cae-hutchinson"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, shared_data, model):
+    args = [model[0], "--data", "mnist-10k", *SMALL, "--set", "trainer.epochs=3", "--set", "trainer.checkpoint_every=5",
+            "--set", "trainer.images=false", *model[1:]]
     full = tmp_path / "full"
     aelab("train", *args, "--out", str(full))
 
