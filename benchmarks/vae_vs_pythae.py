@@ -48,8 +48,8 @@ excluded on both sides):
 
 Likelihood (one estimator for both sides): pythae's trained weights (BatchNorm running statistics
 included) come back as plain arrays and are loaded into an aelab VAE of the same architecture
-(pythae's separate mean and log-variance layers become aelab's one head, read as a log-variance; its sigmoid output
-becomes aelab's Bernoulli logits). The script checks that the rebuilt model reproduces pythae's
+(pythae's separate mean and log-variance layers become aelab's one head, read as a log-variance;
+its sigmoid output becomes aelab's Bernoulli logits). The script checks that the rebuilt model reproduces pythae's
 encoder and decoder outputs. Then aelab's estimators score both models on the same test images
 with the same random numbers:
     test negative ELBO: the VAE objective ``-log p(x|z) + KL(q(z|x) || p(z))`` (``model.loss``)
