@@ -2,11 +2,14 @@
 
 Not meant to be run by hand: ``vae_vs_pythae.py`` starts it with the pythae venv's interpreter.
 It imports only torch, numpy and pythae (never aelab), trains pythae 0.1.2's ``VAE`` with its own
-``BaseTrainer`` on the arrays handed over in ``--data``, and writes into ``--out``:
+``BaseTrainer`` on the arrays handed over in ``--data`` (``--network mlp``: the MLP below;
+``--network conv``: pythae's own ``Encoder_Conv_VAE_MNIST`` and ``Decoder_Conv_AE_MNIST``), and
+writes into ``--out``:
 
-* ``weights.npz``: the trained ``state_dict`` (plain arrays, no pickle);
+* ``weights.npz``: the trained ``state_dict`` (plain arrays, no pickle; BatchNorm buffers included);
 * ``reference.npz``: pythae's own encoder means/log-variances and decoder probabilities on the
-  ``x_check`` images, so the caller can verify that it rebuilt the very same function;
+  ``x_check`` images (in eval mode: BatchNorm on its running statistics), so the caller can
+  verify that it rebuilt the very same function;
 * ``result.json``: per-epoch training times, pythae's own test loss, versions.
 
 Turn-taking protocol (the two libraries share the machine but never compute at the same time):
@@ -43,6 +46,7 @@ from pythae.data.datasets import BaseDataset
 from pythae.models import VAE, VAEConfig
 from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn import BaseDecoder, BaseEncoder
+from pythae.models.nn.benchmarks.mnist import Decoder_Conv_AE_MNIST, Encoder_Conv_VAE_MNIST
 from pythae.trainers import BaseTrainer, BaseTrainerConfig
 from pythae.trainers.training_callbacks import TrainingCallback
 from torch import nn
@@ -112,7 +116,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--latent-dim", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=512, help="mlp only: the hidden width")
+    p.add_argument("--network", choices=["mlp", "conv"], default="mlp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--turn-steps", type=int, default=100)
     args = p.parse_args()
@@ -131,8 +136,12 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model_cfg = VAEConfig(input_dim=shape, latent_dim=args.latent_dim, reconstruction_loss="bce")
-    model = VAE(model_cfg, encoder=Encoder(int(np.prod(shape)), args.hidden, args.latent_dim),
-                decoder=Decoder(args.latent_dim, args.hidden, shape))
+    if args.network == "conv":  # pythae's benchmark nets, written for (1, 28, 28)
+        encoder, decoder = Encoder_Conv_VAE_MNIST(model_cfg), Decoder_Conv_AE_MNIST(model_cfg)
+    else:
+        encoder = Encoder(int(np.prod(shape)), args.hidden, args.latent_dim)
+        decoder = Decoder(args.latent_dim, args.hidden, shape)
+    model = VAE(model_cfg, encoder=encoder, decoder=decoder)
     steps_per_epoch = -(-len(train_set) // args.batch_size)
     turns = Turns(args.turn_steps, args.epochs * steps_per_epoch)
     logging.getLogger("pythae").setLevel(logging.WARNING)

@@ -1,12 +1,24 @@
 """Benchmark: aelab's VAE against pythae 0.1.2's, trained side by side in one run.
 
-Both sides train the same network (MLP 784-512-16 with ReLU, a diagonal Gaussian q(z|x), a
-standard normal prior, Bernoulli likelihood on [0, 1] pixels; the encoder's scale output is a
-log-variance on both sides, ``model.posterior_scale=log_var`` in aelab) on Fashion-MNIST with Adam 1e-3
-(constant, betas 0.9/0.999, no weight decay), batch 100, for ``--epochs`` epochs on ``--threads``
-threads, and the same seed for initialisation and data order (each library uses it in its own
-way). Each library runs with its own defaults otherwise: aelab's Trainer uses PyTorch's fused Adam
-kernel, pythae the per-tensor loop; the same algorithm (both optimizers are printed in the JSON).
+Both sides train the same network (``--network mlp``, the default: MLP 784-512-16 with ReLU;
+``--network conv``: pythae's own benchmark networks for MNIST-sized images, see below; either with
+a diagonal Gaussian q(z|x), a standard normal prior, Bernoulli likelihood on [0, 1] pixels; the
+encoder's scale output is a log-variance on both sides, ``model.posterior_scale=log_var`` in aelab)
+on Fashion-MNIST with Adam 1e-3 (constant, betas 0.9/0.999, no weight decay), batch 100, for
+``--epochs`` epochs on ``--threads`` threads, and the same seed for initialisation and data order
+(each library uses it in its own way). Each library runs with its own defaults otherwise: aelab's
+Trainer uses PyTorch's fused Adam kernel, pythae the per-tensor loop; the same algorithm (both
+optimizers are printed in the JSON).
+
+The conv networks are pythae's ``Encoder_Conv_VAE_MNIST`` and ``Decoder_Conv_AE_MNIST``
+(``pythae.models.nn.benchmarks.mnist``), latent 16: four Conv2d(k4, s2, p1) stages of 128, 256,
+512, 1024 channels, each with BatchNorm and ReLU (28 -> 14 -> 7 -> 3 -> 1), then the mean and
+log-variance layers; the decoder is Linear(16, 1024*4*4), then ConvTranspose2d(k3, s2, p1) stages
+1024 -> 512 -> 256 -> 1 (4 -> 7 -> 14 -> 28), BatchNorm and ReLU after the first two, a sigmoid
+at the end. aelab trains the same network built from its shared conv backbone (``CONV_MODEL``:
+``batch_norm``, ``decoder_channels``, ``decoder_kernel=3``, no activation after the decoder's
+dense layer). Both sides train in train mode (BatchNorm on batch statistics) and are scored in
+eval mode (the running statistics, which the weight transfer carries over).
 
 pythae is a comparison, not a dependency: it is installed with pip into its own virtual
 environment (``--venv``, outside the repository; created on first use, reused after) with torch
@@ -34,10 +46,10 @@ excluded on both sides):
     each process's CPU time per epoch (both threads; waiting on the pipe costs none), which load
     from other processes inflates less than wall time.
 
-Likelihood (one estimator for both sides): pythae's trained weights come back as plain arrays
-and are loaded into an aelab VAE of the same architecture (pythae's separate mean and
-log-variance layers become aelab's one head, read as a log-variance; its sigmoid output
-becomes aelab's Bernoulli logits). The script checks that the rebuilt model reproduces pythae's
+Likelihood (one estimator for both sides): pythae's trained weights (BatchNorm running statistics
+included) come back as plain arrays and are loaded into an aelab VAE of the same architecture
+(pythae's separate mean and log-variance layers become aelab's one head, read as a log-variance;
+its sigmoid output becomes aelab's Bernoulli logits). The script checks that the rebuilt model reproduces pythae's
 encoder and decoder outputs. Then aelab's estimators score both models on the same test images
 with the same random numbers:
     test negative ELBO: the VAE objective ``-log p(x|z) + KL(q(z|x) || p(z))`` (``model.loss``)
@@ -52,6 +64,7 @@ Each difference aelab - pythae comes with its paired standard error over the ima
 
 Usage:
     python benchmarks/vae_vs_pythae.py --save
+    python benchmarks/vae_vs_pythae.py --network conv --save   # ..._conv.json
     python benchmarks/vae_vs_pythae.py --seeds 0-19 --test-subset 2000 --save   # ..._seeds.json
     # more seeds later, summarised with the earlier ones (same settings and versions are checked):
     python benchmarks/vae_vs_pythae.py --seeds 20-39 --test-subset 2000 --save --pool FILE_SEEDS.json
@@ -90,6 +103,16 @@ RESULT = HERE / "results" / "vae_vs_pythae.json"
 # pythae's encoder outputs the log-variance; aelab's head is told to read its output the same way
 MODEL = {"image_shape": (1, 28, 28), "latent_dim": 16, "backbone": {"kind": "mlp", "hidden": (512,)},
          "posterior_scale": "log_var"}
+# pythae's Encoder_Conv_VAE_MNIST / Decoder_Conv_AE_MNIST from aelab's shared conv backbone
+CONV_MODEL = {**MODEL, "backbone": {"kind": "conv", "channels": (128, 256, 512, 1024), "fc": 0,
+                                    "batch_norm": True, "decoder_channels": (1024, 512, 256),
+                                    "decoder_kernel": 3, "decoder_dense_activation": False}}
+NETWORKS = {"mlp": MODEL, "conv": CONV_MODEL}
+DESCRIPTIONS = {
+    "mlp": "MLP 784-512-16 (ReLU)",
+    "conv": "pythae's Encoder_Conv_VAE_MNIST / Decoder_Conv_AE_MNIST (conv 128-256-512-1024 k4 s2 + "
+            "BatchNorm + ReLU; Linear 16-16384, convT 1024-512-256-1 k3 s2 + BatchNorm + ReLU), latent 16",
+}
 BATCH_SIZE, LR = 100, 1e-3
 
 
@@ -147,19 +170,41 @@ def pip_freeze(python: Path) -> list[str]:
 
 
 # --- pythae weights -> an aelab VAE --------------------------------------------------------------
-def aelab_from_pythae(weights: dict[str, np.ndarray]) -> Autoencoder:
-    """The aelab VAE computing exactly the function of a trained pythae VAE (see module doc)."""
-    w = {k: torch.from_numpy(v) for k, v in weights.items()}
-    model = build_model("vae", **MODEL)
-    model.load_state_dict({
-        "encoder.net.0.weight": w["encoder.net.0.weight"], "encoder.net.0.bias": w["encoder.net.0.bias"],
+def _conv_keys() -> dict[str, str]:
+    """pythae's conv module prefixes -> aelab's (see ``CONV_MODEL``): conv, BatchNorm, dense."""
+    keys = {}
+    for i in range(4):  # encoder.layers[i] = (conv, BatchNorm, ReLU); aelab: net[3i], net[3i+1], net[3i+2]
+        keys[f"encoder.layers.{i}.0."] = f"encoder.net.{3 * i}."
+        keys[f"encoder.layers.{i}.1."] = f"encoder.net.{3 * i + 1}."
+    keys["decoder.layers.0."] = "decoder.dense.0."
+    for j in (1, 2, 3):  # decoder.layers[j] = (convT, BatchNorm, ReLU), the last (convT, Sigmoid)
+        keys[f"decoder.layers.{j}.0."] = f"decoder.net.{3 * (j - 1)}."
+        if j < 3:
+            keys[f"decoder.layers.{j}.1."] = f"decoder.net.{3 * (j - 1) + 1}."
+    return keys
+
+
+def aelab_from_pythae(weights: dict[str, np.ndarray], network: str = "mlp") -> Autoencoder:
+    """The aelab VAE computing exactly the function of a trained pythae VAE (see module doc), in eval mode."""
+    w = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    model = build_model("vae", **NETWORKS[network])
+    state = {
         # one head: [mu; log_var] (the model reads its second half as a log-variance)
         "head.linear.weight": torch.cat([w["encoder.embedding.weight"], w["encoder.log_var.weight"]]),
         "head.linear.bias": torch.cat([w["encoder.embedding.bias"], w["encoder.log_var.bias"]]),
+    }
+    if network == "mlp":
         # pythae's decoder ends in a sigmoid; its pre-activation is the Bernoulli logits
-        "decoder.net.0.weight": w["decoder.net.0.weight"], "decoder.net.0.bias": w["decoder.net.0.bias"],
-        "decoder.net.2.weight": w["decoder.net.2.weight"], "decoder.net.2.bias": w["decoder.net.2.bias"],
-    })
+        state |= {k: w[k] for k in ("encoder.net.0.weight", "encoder.net.0.bias", "decoder.net.0.weight",
+                                    "decoder.net.0.bias", "decoder.net.2.weight", "decoder.net.2.bias")}
+    else:
+        # every parameter and BatchNorm buffer, renamed; the decoder's sigmoid is dropped (logits)
+        keys = _conv_keys()
+        for name, value in w.items():
+            prefix = next((p for p in keys if name.startswith(p)), None)
+            if prefix is not None:
+                state[keys[prefix] + name[len(prefix):]] = value
+    model.load_state_dict(state)  # strict: a missing or unexpected tensor is an error
     return model.eval()
 
 
@@ -209,14 +254,14 @@ class PythaeSide:
     """The pythae subprocess, trained a turn at a time (the protocol is in ``_pythae_side.py``)."""
 
     def __init__(self, python: Path, data, x_check: Tensor, workdir: Path, args: argparse.Namespace) -> None:
-        self.x_check, self.finished = x_check, False
+        self.x_check, self.finished, self.network = x_check, False, args.network
         arrays = workdir / "data.npz"
         np.savez(arrays, x_train=data.train.x.numpy(), y_train=data.train.y.numpy(),
                  x_test=data.test.x.numpy(), x_check=x_check.numpy())
         self.out = workdir / "pythae"
         cmd = [str(python), str(HERE / "_pythae_side.py"), "--data", str(arrays), "--out", str(self.out),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--batch-size", str(BATCH_SIZE),
-               "--lr", str(LR), "--latent-dim", str(MODEL["latent_dim"]),
+               "--lr", str(LR), "--latent-dim", str(MODEL["latent_dim"]), "--network", args.network,
                "--hidden", str(MODEL["backbone"]["hidden"][0]), "--seed", str(args.seed),
                "--turn-steps", str(args.turn_steps)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -250,7 +295,7 @@ class PythaeSide:
             self.turn()
         result = json.loads((self.out / "result.json").read_text())
         with np.load(self.out / "weights.npz") as w, np.load(self.out / "reference.npz") as ref:
-            result["model"] = aelab_from_pythae(dict(w))
+            result["model"] = aelab_from_pythae(dict(w), self.network)
             result["transfer_max_abs_diff"] = transfer_error(result["model"], self.x_check, dict(ref))
         return result
 
@@ -268,7 +313,7 @@ def train_aelab(data, args: argparse.Namespace, other_turn) -> tuple[Autoencoder
     each epoch record's ``seconds`` here.
     """
     torch.manual_seed(args.seed)
-    model = build_model("vae", **MODEL)
+    model = build_model("vae", **NETWORKS[vars(args).get("network", "mlp")])
     cfg = TrainerConfig(epochs=args.epochs, batch_size=BATCH_SIZE, lr=LR, seed=args.seed, images=False,
                         progress=False, precision=args.precision)
     records: list[dict] = []
@@ -308,6 +353,8 @@ def throughput(epoch_seconds: list[float], cpu_seconds: list[float], samples_per
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--network", choices=sorted(NETWORKS), default="mlp",
+                   help="mlp (784-512-16) or conv (pythae's benchmark conv nets for MNIST; results in ..._conv.json)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per image")
@@ -331,7 +378,8 @@ def main() -> None:
                    help="an earlier several-seed JSON of the same experiment (same settings and versions, "
                         "other seeds): summarise its seeds together with this run's")
     p.add_argument("--save", action="store_true",
-                   help=f"also write the JSON to {RESULT.relative_to(HERE.parent)} (bf16: ..._bf16.json)")
+                   help=f"also write the JSON to {RESULT.relative_to(HERE.parent)} "
+                        "(conv: ..._conv.json; bf16: ..._bf16.json)")
     args = p.parse_args()
     for name in ("epochs", "threads", "iwae_k", "turn_steps"):
         if getattr(args, name) < 1:
@@ -342,7 +390,7 @@ def main() -> None:
 
     python = ensure_pythae_venv(args.venv.expanduser())
     data = load_data(DataConfig(name="fashion-mnist", root=args.data_dir, train_subset=args.train_subset))
-    x_test = data.test.get_batch(torch.arange(len(data.test)))[0]
+    x_test = data.test.get_batch(torch.arange(len(data.test))).x
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     if args.pool is not None:  # fail now, not after the training, if it cannot be pooled
         n_iwae = len(data.test) if args.test_subset == 0 else min(args.test_subset, len(data.test))
@@ -361,7 +409,8 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.save:
-        out = RESULT if args.precision == "fp32" else RESULT.with_name(f"{RESULT.stem}_{args.precision}.json")
+        out = RESULT if args.network == "mlp" else RESULT.with_name(f"{RESULT.stem}_{args.network}.json")
+        out = out if args.precision == "fp32" else out.with_name(f"{out.stem}_{args.precision}.json")
         if "per_seed" in report:
             out = out.with_name(f"{out.stem}_seeds.json")
         atomic_write_text(out, text + "\n")
@@ -543,7 +592,7 @@ def run_seed(args: argparse.Namespace, python: Path, data, x_test: Tensor) -> di
     report = {
         "benchmark": "vae_vs_pythae",
         "data": "fashion-mnist", "train_size": n_train, "test_size": len(data.test),
-        "network": "MLP 784-512-16 (ReLU), diagonal Gaussian q(z|x), N(0, I) prior, Bernoulli likelihood, "
+        "network": f"{DESCRIPTIONS[args.network]}, diagonal Gaussian q(z|x), N(0, I) prior, Bernoulli likelihood, "
                    f"Adam {LR:g} constant, batch {BATCH_SIZE}",
         "epochs": args.epochs, "threads": args.threads, "seed": args.seed,
         "precision": {"aelab": args.precision, "pythae": "fp32"},

@@ -4,9 +4,12 @@ seeds of two runs) and the plain-torch replica of pythae's VAE in ``vae_pythae_s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +138,126 @@ def test_streams_pool_keeps_the_asked_arms_and_refuses_mismatches(tmp_path):
         streams.read_earlier(earlier, settings, ["pythae", "pythae+onednn"], [2])
     summary = streams.paired_over_seeds(kept, "aelab", "pythae")
     assert summary["seeds"] == 2 and summary["iwae_nll"]["mean"] == 0.0
+
+
+# --- the conv network: pythae's Encoder_Conv_VAE_MNIST / Decoder_Conv_AE_MNIST ----------------
+#: pythae 0.1.2's parameter and buffer shapes (pythae/models/nn/benchmarks/mnist/convnets.py, latent 16)
+PYTHAE_CONV_SHAPES = {
+    **{f"encoder.layers.{i}.{k}": s for i, (cin, cout) in enumerate([(1, 128), (128, 256), (256, 512),
+                                                                      (512, 1024)])
+       for k, s in {"0.weight": (cout, cin, 4, 4), "0.bias": (cout,), "1.weight": (cout,), "1.bias": (cout,),
+                    "1.running_mean": (cout,), "1.running_var": (cout,), "1.num_batches_tracked": ()}.items()},
+    "encoder.embedding.weight": (16, 1024), "encoder.embedding.bias": (16,),
+    "encoder.log_var.weight": (16, 1024), "encoder.log_var.bias": (16,),
+    "decoder.layers.0.weight": (16384, 16), "decoder.layers.0.bias": (16384,),
+    **{f"decoder.layers.{j}.{k}": s for j, (cin, cout) in enumerate([(1024, 512), (512, 256)], start=1)
+       for k, s in {"0.weight": (cin, cout, 3, 3), "0.bias": (cout,), "1.weight": (cout,), "1.bias": (cout,),
+                    "1.running_mean": (cout,), "1.running_var": (cout,), "1.num_batches_tracked": ()}.items()},
+    "decoder.layers.3.0.weight": (256, 1, 3, 3), "decoder.layers.3.0.bias": (1,),
+}
+
+
+class _PythaeConvReplica(torch.nn.Module):
+    """pythae's two benchmark conv nets in plain torch, module names and all (for tests without pythae)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        enc = [nn.Sequential(nn.Conv2d(a, b, 4, 2, padding=1), nn.BatchNorm2d(b), nn.ReLU())
+               for a, b in [(1, 128), (128, 256), (256, 512), (512, 1024)]]
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(enc)
+        self.encoder.embedding, self.encoder.log_var = nn.Linear(1024, 16), nn.Linear(1024, 16)
+        self.decoder = nn.Module()
+        self.decoder.layers = nn.ModuleList([
+            nn.Linear(16, 1024 * 4 * 4),
+            nn.Sequential(nn.ConvTranspose2d(1024, 512, 3, 2, padding=1), nn.BatchNorm2d(512), nn.ReLU()),
+            nn.Sequential(nn.ConvTranspose2d(512, 256, 3, 2, padding=1, output_padding=1), nn.BatchNorm2d(256),
+                          nn.ReLU()),
+            nn.Sequential(nn.ConvTranspose2d(256, 1, 3, 2, padding=1, output_padding=1), nn.Sigmoid())])
+
+    def reference(self, x: torch.Tensor) -> dict:
+        h = x
+        for layer in self.encoder.layers:
+            h = layer(h)
+        h = h.reshape(x.shape[0], -1)
+        mu, log_var = self.encoder.embedding(h), self.encoder.log_var(h)
+        out = self.decoder.layers[0](mu).reshape(x.shape[0], 1024, 4, 4)
+        for layer in self.decoder.layers[1:]:
+            out = layer(out)
+        return {"mu": mu.numpy(), "log_var": log_var.numpy(), "probs_at_mu": out.numpy()}
+
+
+def _trained_looking(module: torch.nn.Module) -> None:
+    """Give every BatchNorm non-trivial running statistics and affine parameters, as after training."""
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+            m.num_batches_tracked.fill_(7)
+
+
+def test_aelab_conv_replica_has_pythae_parameters_and_shapes():
+    replica = _PythaeConvReplica()
+    assert {k: tuple(v.shape) for k, v in replica.state_dict().items()} == PYTHAE_CONV_SHAPES
+    model = bench.aelab_from_pythae({k: v.numpy() for k, v in replica.state_dict().items()}, "conv")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in replica.parameters())
+    buffers = [b for n, b in model.named_buffers() if "running" in n]
+    assert sum(b.numel() for b in buffers) == 2 * sum(c for c in (128, 256, 512, 1024, 512, 256))
+    assert not model.training
+
+
+def test_conv_transfer_rebuilds_the_same_function_in_eval_mode():
+    torch.manual_seed(0)
+    replica = _PythaeConvReplica()
+    _trained_looking(replica)
+    replica.eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        ref = replica.reference(x)
+    model = bench.aelab_from_pythae({k: v.numpy() for k, v in replica.state_dict().items()}, "conv")
+    assert bench.transfer_error(model, x, ref) < 1e-5
+    for name, buf in model.named_buffers():  # the running statistics came over
+        if name.endswith("running_var"):
+            assert not torch.allclose(buf, torch.ones_like(buf))
+
+
+PYTHAE_PYTHON = bench.venv_python(bench.default_venv())
+_PYTHAE_CONV_SCRIPT = """
+import sys, numpy as np, torch
+from pythae.models import VAEConfig
+from pythae.models.nn.benchmarks.mnist import Decoder_Conv_AE_MNIST, Encoder_Conv_VAE_MNIST
+torch.manual_seed(0)
+cfg = VAEConfig(input_dim=(1, 28, 28), latent_dim=16)
+enc, dec = Encoder_Conv_VAE_MNIST(cfg), Decoder_Conv_AE_MNIST(cfg)
+g = torch.Generator().manual_seed(0)
+for m in [*enc.modules(), *dec.modules()]:
+    if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+enc.eval(); dec.eval()
+x = torch.rand(2, 1, 28, 28, generator=g)
+with torch.no_grad():
+    e = enc(x); p = dec(e.embedding).reconstruction
+w = {**{"encoder." + k: v.numpy() for k, v in enc.state_dict().items()},
+     **{"decoder." + k: v.numpy() for k, v in dec.state_dict().items()}}
+np.savez(sys.argv[1] + "/w.npz", **w)
+np.savez(sys.argv[1] + "/ref.npz", x=x.numpy(), mu=e.embedding.numpy(), log_var=e.log_covariance.numpy(),
+         probs_at_mu=p.numpy())
+"""
+
+
+@pytest.mark.skipif(not PYTHAE_PYTHON.is_file(), reason="no pythae venv (benchmarks/vae_vs_pythae.py makes it)")
+def test_conv_transfer_from_real_pythae_nets(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(PYTHAE_PYTHON), "-c", _PYTHAE_CONV_SCRIPT, str(tmp_path)], check=True, env=env,
+                   capture_output=True)
+    with np.load(tmp_path / "w.npz") as w, np.load(tmp_path / "ref.npz") as ref:
+        weights, ref = dict(w), dict(ref)
+    assert {k: tuple(v.shape) for k, v in weights.items()} == PYTHAE_CONV_SHAPES
+    x = torch.from_numpy(ref.pop("x"))
+    assert bench.transfer_error(bench.aelab_from_pythae(weights, "conv"), x, ref) < 1e-5

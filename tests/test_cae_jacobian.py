@@ -116,6 +116,42 @@ def test_every_registered_encoder_declares_its_dense_layers():
         assert layers is None or all(isinstance(m, nn.Module) for m in layers)
 
 
+@pytest.mark.parametrize("kernel", [3, 4])
+@pytest.mark.parametrize("hw", [(28, 28), (13, 10)])
+def test_conv_backbone_batch_norm_and_own_decoder_stack_reach_any_size(kernel, hw):
+    # pythae's MNIST decoder style: its own channels, 3x3 kernels (4 -> 7 -> 14 -> 28), no activation
+    # after the dense layer, BatchNorm after every conv but the decoder's last
+    shape = (2, *hw)
+    cfg = BackboneConfig(kind="conv", channels=(4, 8), fc=0, batch_norm=True, decoder_channels=(8, 6, 4),
+                         decoder_kernel=kernel, decoder_dense_activation=False)
+    encoder, decoder = BACKBONES.get("conv")[0](shape, cfg), BACKBONES.get("conv")[1](3, shape, 5, cfg)
+    assert [type(m) for m in encoder.net[:3]] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert encoder.dense_layers() is None
+    assert len(decoder.dense) == 1 and isinstance(decoder.dense[0], nn.Linear)
+    convs = [m for m in decoder.net if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (8, 6, (kernel, kernel)), (6, 4, (kernel, kernel)), (4, 5, (kernel, kernel))]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in decoder.net) == 2
+    assert isinstance(decoder.net[-1], nn.ConvTranspose2d)
+    if hw == (28, 28):
+        assert decoder.start == ((8, 4, 4) if kernel == 3 else (8, 3, 3))
+    encoder.eval(), decoder.eval()
+    x = torch.rand(3, *shape)
+    assert encoder(x).shape == (3, encoder.out_features)
+    assert decoder(torch.randn(3, 3)).shape == (3, 5, *hw)
+
+
+def test_conv_backbone_defaults_are_unchanged_and_bad_kernels_refused():
+    # the old conv backbone (checkpoints' state-dict keys) is what the defaults still build
+    cfg = BackboneConfig(kind="conv", channels=(4, 8), fc=0)
+    decoder = BACKBONES.get("conv")[1](3, TINY_SHAPE, 2, cfg)
+    assert len(decoder.dense) == 2 and isinstance(decoder.dense[0], nn.Linear) and isinstance(decoder.dense[1], nn.ReLU)
+    assert [type(m) for m in decoder.net] == [nn.ConvTranspose2d, nn.ReLU, nn.ConvTranspose2d]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in BACKBONES.get("conv")[0](TINY_SHAPE, cfg).modules())
+    with pytest.raises(ValueError, match="decoder_kernel must be 3 or 4, got 5"):
+        BackboneConfig(kind="conv", decoder_kernel=5)
+
+
 def _exact_and_sd(encode, x):
     """Exact ||J||_F^2 per example and the Rademacher estimator's s.d. sqrt(2 sum_{i!=j} (J J^T)_ij^2)."""
     jac = torch.stack([torch.autograd.functional.jacobian(lambda xi: encode(xi[None])[0], xi).flatten(1) for xi in x])

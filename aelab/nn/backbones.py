@@ -65,7 +65,7 @@ def activation_derivative(activation: nn.Module) -> Callable[[Tensor], Tensor] |
 
 @dataclass
 class BackboneConfig:
-    """Encoder/decoder architecture; the decoder mirrors the encoder.
+    """Encoder/decoder architecture; the decoder mirrors the encoder unless told otherwise.
 
     Attributes:
         kind: ``mlp`` or ``conv``.
@@ -73,6 +73,16 @@ class BackboneConfig:
         channels: conv channels, one stride-2 stage each (4x4 kernels).
         fc: conv only: width of a dense layer between the conv stack and the code (0 = none).
         activation: a registered activation name.
+        batch_norm: conv only: ``BatchNorm2d`` after every convolution but the decoder's last
+            (conv, norm, activation), as in pythae's benchmark networks.
+        decoder_channels: conv only: the transposed-conv decoder's channels, dense side first, one
+            stride-2 stage each, the last stage producing the likelihood parameters; empty: the
+            encoder's channels reversed (the mirror). E.g. pythae's MNIST decoder: ``(1024, 512, 256)``.
+        decoder_kernel: conv only: the decoder's kernel size, 4 (each stage doubles the size; the
+            start is the sizes halved, rounded down) or 3 (the start is the sizes halved, rounded up:
+            28 <- 14 <- 7 <- 4, pythae's).
+        decoder_dense_activation: conv only: apply the activation after the decoder's dense layer
+            (pythae's decoder feeds its dense output to the first transposed conv unchanged).
     """
 
     kind: str = "mlp"
@@ -80,6 +90,17 @@ class BackboneConfig:
     channels: tuple[int, ...] = (32, 64, 64)
     fc: int = 256
     activation: str = "relu"
+    batch_norm: bool = False
+    decoder_channels: tuple[int, ...] = ()
+    decoder_kernel: int = 4
+    decoder_dense_activation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.decoder_kernel not in (3, 4):
+            raise ValueError(f"model.backbone.decoder_kernel must be 3 or 4, got {self.decoder_kernel}")
+        if min((*self.channels, *self.decoder_channels), default=1) < 1:
+            raise ValueError(f"model.backbone channels must be >= 1, got channels={self.channels}, "
+                             f"decoder_channels={self.decoder_channels}")
 
 
 def _act(name: str) -> nn.Module:
@@ -121,14 +142,20 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(z.shape[0], *self.out_shape)
 
 
-def _conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
+def _conv_sizes(h: int, w: int, stages: int, ceil: bool = False) -> list[tuple[int, int]]:
+    """Feature-map sizes down ``stages`` stride-2 stages, input first: halved, rounded down (k=4,
+    s=2, p=1) or, with ``ceil``, rounded up (the inputs a k=3, s=2, p=1 transposed conv doubles from)."""
     sizes = [(h, w)]
     for _ in range(stages):
         h, w = sizes[-1]
         if h < 2 or w < 2:
             raise ValueError(f"image {sizes[0]} is too small for {stages} stride-2 conv stages")
-        sizes.append((h // 2, w // 2))  # k=4, s=2, p=1 halves (floor)
+        sizes.append((-(-h // 2), -(-w // 2)) if ceil else (h // 2, w // 2))
     return sizes
+
+
+def _norm(cfg: BackboneConfig, channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels)] if cfg.batch_norm else []
 
 
 class ConvEncoder(nn.Module):
@@ -138,7 +165,7 @@ class ConvEncoder(nn.Module):
         sizes = _conv_sizes(h, w, len(cfg.channels))
         layers: list[nn.Module] = []
         for cin, cout in zip([c, *cfg.channels[:-1]], cfg.channels):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), _act(cfg.activation)]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), *_norm(cfg, cout), _act(cfg.activation)]
         layers.append(nn.Flatten())
         flat = cfg.channels[-1] * sizes[-1][0] * sizes[-1][1]
         if cfg.fc:
@@ -159,8 +186,9 @@ class ConvDecoder(nn.Module):
                  cfg: BackboneConfig) -> None:
         super().__init__()
         _, h, w = shape
-        sizes = _conv_sizes(h, w, len(cfg.channels))
-        chans = list(reversed(cfg.channels))
+        chans = list(cfg.decoder_channels or reversed(cfg.channels))
+        k = cfg.decoder_kernel
+        sizes = _conv_sizes(h, w, len(chans), ceil=k == 3)
         self.start = (chans[0], *sizes[-1])
         flat = math.prod(self.start)
         dense: list[nn.Module] = []
@@ -168,15 +196,16 @@ class ConvDecoder(nn.Module):
             dense += [Linear(latent_dim, cfg.fc), _act(cfg.activation), Linear(cfg.fc, flat)]
         else:
             dense += [Linear(latent_dim, flat)]
-        self.dense = nn.Sequential(*dense, _act(cfg.activation))
+        self.dense = nn.Sequential(*dense, *([_act(cfg.activation)] if cfg.decoder_dense_activation else []))
         layers: list[nn.Module] = []
         outs = [*chans[1:], out_channels]
         for i, (cin, cout) in enumerate(zip(chans, outs)):
             (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
-            pad = (ho - 2 * hi, wo - 2 * wi)  # 0 or 1: recovers odd sizes exactly
-            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, output_padding=pad))
+            # out = 2 in + k - 4 + output_padding; output_padding (0 or 1) recovers odd sizes exactly
+            pad = (ho - 2 * hi - k + 4, wo - 2 * wi - k + 4)
+            layers.append(nn.ConvTranspose2d(cin, cout, k, 2, 1, output_padding=pad))
             if i < len(chans) - 1:
-                layers.append(_act(cfg.activation))
+                layers += [*_norm(cfg, cout), _act(cfg.activation)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
