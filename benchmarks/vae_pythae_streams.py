@@ -215,7 +215,7 @@ def main() -> None:
         earlier += read_earlier(path, settings, arms, seeds + [r["seed"] for r in earlier])
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig(name="fashion-mnist", root=args.data_dir))
-    x_test = data.test.get_batch(torch.arange(len(data.test)))[0]
+    x_test = data.test.get_batch(torch.arange(len(data.test))).x
     rows: list[dict] = list(earlier)
     for seed in seeds:
         idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[:args.test_subset]
