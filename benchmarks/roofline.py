@@ -275,18 +275,17 @@ def trainer_step(model, train, cfg: TrainerConfig) -> Callable[[Batch], Any]:
 
 
 def aelab_contender(model, train, cfg: TrainerConfig, batches: list[Any]) -> Contender:
-    """aelab's step of ``model`` on ``batches``, with its variants, each on a copy of the model
-    taken now (the same initial weights): ``bf16``, stepped under ``trainer.precision=bf16``;
-    ``compiled``, its ``loss`` (forward, loss terms, and through AOTAutograd the backward) under
-    ``torch.compile`` (default inductor backend)."""
-    copies = {name: copy.deepcopy(model) for name in ("bf16", "compiled")}
+    """aelab's step of ``model`` on ``batches``, with its variants, each made (before any step:
+    the same initial weights) on a copy of the model: ``bf16``, stepped under
+    ``trainer.precision=bf16``; ``compiled``, its ``loss`` (forward, loss terms, and through
+    AOTAutograd the backward) under ``torch.compile`` (default inductor backend)."""
 
     def bf16() -> Contender:
-        return Contender("aelab bf16", trainer_step(copies["bf16"], train, dataclasses.replace(cfg, precision="bf16")),
-                         batches)
+        return Contender("aelab bf16", trainer_step(copy.deepcopy(model), train,
+                                                    dataclasses.replace(cfg, precision="bf16")), batches)
 
     def compiled() -> Contender:
-        twin = copies["compiled"]
+        twin = copy.deepcopy(model)
         twin.loss = torch.compile(twin.loss)
         return Contender("aelab compiled", trainer_step(twin, train, cfg), batches)
 

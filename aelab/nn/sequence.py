@@ -15,7 +15,6 @@ References:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from aelab.nn.linear import Linear
+from aelab.nn.precision import float32_region
 
 __all__ = ["CNN_PRESETS", "DilatedCNNDecoder", "LSTMDecoder", "SentenceDecoder", "SentenceEncoder",
            "lengths_of", "receptive_field"]
@@ -176,7 +176,7 @@ class SentenceDecoder(nn.Module):
 
         rows = max(1, NLL_BLOCK // self.vocab_size)
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+        with float32_region(h):
             for i in range(0, h.shape[0], rows):
                 logits = project(h[i : i + rows]).float()
                 out[i : i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, targets[i : i + rows, None])[:, 0]
