@@ -50,6 +50,8 @@ Usage:
     python benchmarks/roofline.py --quick --families mlp_vae --no-peers   # a smoke run (seconds)
     python benchmarks/roofline.py --threads 2 --bf16 --profile 20 --markdown   # + bfloat16 steps, + time per operator
     python benchmarks/roofline.py --threads 2 --families mlp_vae,conv_vae --compile --no-peers   # + torch.compile
+    python benchmarks/roofline.py --threads 2 --families conv_vae,dsprites_vae --bf16 --channels-last --no-peers
+        # + the model and images in channels-last layout (fp32, and bf16 with --bf16)
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 import deterministic_aes
+import disentangle_study
 import numpy as np
 import tdvae_claims
 import text_vae_speed as tvs
@@ -97,7 +100,7 @@ SHARED_DATA = HERE.parents[1] / "shared" / "data"
 RESULT = HERE / "results" / "roofline.json"
 PEAK_N = 2048
 PEAK_N_QUICK = 512
-FAMILIES = ("mlp_vae", "conv_vae", "vqvae", "pixelcnn_prior", "cae", "text_vae", "tdvae")
+FAMILIES = ("mlp_vae", "conv_vae", "dsprites_vae", "vqvae", "pixelcnn_prior", "cae", "text_vae", "tdvae")
 
 
 def log(msg: str) -> None:
@@ -194,7 +197,7 @@ class Contender:
     cpu_times: list[float] = field(default_factory=list)  # the process's CPU seconds (all threads) per step
     preempted: list[int] = field(default_factory=list)  # involuntary context switches per step
     profiled: dict[str, Any] | None = None
-    #: variants of the same step (``--bf16``, ``--compile``): name -> a factory of the contender
+    #: variants of the same step (``--bf16``, ``--compile``, ``--channels-last``): name -> a factory of the contender
     twins: dict[str, Callable[[], Contender]] = field(default_factory=dict)
     compile_seconds: float | None = None  # a compiled variant: its first step (compilation included)
     _next: int = 0
@@ -278,7 +281,9 @@ def aelab_contender(model, train, cfg: TrainerConfig, batches: list[Any]) -> Con
     """aelab's step of ``model`` on ``batches``, with its variants, each made (before any step:
     the same initial weights) on a copy of the model: ``bf16``, stepped under
     ``trainer.precision=bf16``; ``compiled``, its ``loss`` (forward, loss terms, and through
-    AOTAutograd the backward) under ``torch.compile`` (default inductor backend)."""
+    AOTAutograd the backward) under ``torch.compile`` (default inductor backend);
+    ``channels_last`` and ``bf16_channels_last``, under ``trainer.channels_last`` (weights and
+    images in NHWC layout)."""
 
     def bf16() -> Contender:
         return Contender("aelab bf16", trainer_step(copy.deepcopy(model), train,
@@ -289,7 +294,14 @@ def aelab_contender(model, train, cfg: TrainerConfig, batches: list[Any]) -> Con
         twin.loss = torch.compile(twin.loss)
         return Contender("aelab compiled", trainer_step(twin, train, cfg), batches)
 
-    return Contender("aelab", trainer_step(model, train, cfg), batches, twins={"bf16": bf16, "compiled": compiled})
+    def channels_last(precision: str) -> Contender:  # trainer.channels_last: weights and images in NHWC
+        return Contender(f"aelab channels_last{' bf16' if precision == 'bf16' else ''}",
+                         trainer_step(copy.deepcopy(model), train,
+                                      dataclasses.replace(cfg, precision=precision, channels_last=True)), batches)
+
+    return Contender("aelab", trainer_step(model, train, cfg), batches,
+                     twins={"bf16": bf16, "compiled": compiled, "channels_last": lambda: channels_last("fp32"),
+                            "bf16_channels_last": lambda: channels_last("bf16")})
 
 
 def image_batches(data, batch_size: int, n: int, seed: int = 0) -> list[Batch]:
@@ -331,6 +343,16 @@ def conv_vae(args, load: Loader) -> Family:
     return Family("conv_vae", "conv VAE (vae_variants)", "conv 32-64 s2 + dense 256, 16-d, Bernoulli", "fashion-mnist",
                   128, aelab_contender(model, data.train, quiet_cfg(batch_size=128, lr=1e-3, seed=0),
                                        image_batches(data, 128, args.cycle)))
+
+
+def dsprites_vae(args, load: Loader) -> Family:
+    data = load("dsprites", test_subset=2000)
+    torch.manual_seed(0)
+    model = build_model("vae", image_shape=data.info.shape, **disentangle_study.MODEL)
+    return Family("dsprites_vae", "dSprites VAE (disentangle_study)", "disentanglement_lib conv 32-32-64-64 k4 s2 + "
+                  "dense 256, 10-d, 64x64", "dsprites", 64,
+                  aelab_contender(model, data.train, quiet_cfg(batch_size=64, lr=1e-4, seed=0),
+                                  image_batches(data, 64, args.cycle)))
 
 
 def vqvae(args, load: Loader) -> Family:
@@ -412,8 +434,8 @@ def tdvae(args, load: Loader) -> Family:
 
 
 BUILDERS: dict[str, Callable[[argparse.Namespace, Loader], Family]] = {
-    "mlp_vae": mlp_vae, "conv_vae": conv_vae, "vqvae": vqvae, "pixelcnn_prior": pixelcnn_prior, "cae": cae,
-    "text_vae": text_vae, "tdvae": tdvae,
+    "mlp_vae": mlp_vae, "conv_vae": conv_vae, "dsprites_vae": dsprites_vae, "vqvae": vqvae,
+    "pixelcnn_prior": pixelcnn_prior, "cae": cae, "text_vae": text_vae, "tdvae": tdvae,
 }
 
 
@@ -487,7 +509,7 @@ def family_report(f: Family, peak: float, bf16_peak: float | None = None) -> dic
     if f.failed:
         row["failed_variants"] = f.failed
     for name, c in f.variants.items():  # a bf16 step's fraction is of the bfloat16 bound (where the CPU has one)
-        bf16 = name == "bf16" and bf16_peak is not None
+        bf16 = name.startswith("bf16") and bf16_peak is not None
         twin = c.summary(bf16_peak if bf16 else peak)
         twin["fraction_of_bound"] = twin.pop("fraction_of_fp32_bound")
         row.setdefault("variants", {})[name] = twin | {
@@ -647,6 +669,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also time each family's step under trainer.precision=bf16 (a copy of the same model)")
     p.add_argument("--compile", action="store_true",
                    help="also time each family's step with its loss under torch.compile (compile time reported)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="also time each family's step with the model and images in channels-last (NHWC) layout "
+                        "(with --bf16 also under bfloat16)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the rounds, profile aelab's step of each family over STEPS steps (time per operator)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 steps, 2 batches, 512^3 bound")
@@ -657,7 +682,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.argv = [str(a) for a in argv]
     args.families = [f for f in args.families.split(",") if f]
-    args.variants = [v for v, on in (("bf16", args.bf16), ("compiled", args.compile)) if on]
+    args.variants = [v for v, on in (("bf16", args.bf16), ("compiled", args.compile),
+                                     ("channels_last", args.channels_last),
+                                     ("bf16_channels_last", args.channels_last and args.bf16)) if on]
     unknown = [f for f in args.families if f not in BUILDERS]
     if unknown:
         p.error(f"unknown family {unknown[0]!r}; families: {', '.join(FAMILIES)}")

@@ -74,3 +74,14 @@ def test_quick_run_reports_every_field(capsys):
     assert bf16["gflop_per_step"] == pytest.approx(row["gflop_per_step"], rel=1e-12)
     assert bf16["speedup"] == pytest.approx(row["ms_per_step"] / bf16["ms_per_step"])
     assert "| MLP VAE (pythae protocol) | bf16 |" in out.err
+
+
+def test_channels_last_twins_keep_the_flops():
+    report = roofline.main(["--quick", "--families", "conv_vae", "--no-peers", "--threads", "1", "--bf16",
+                            "--channels-last"])
+    fam = report["families"]["conv_vae"]
+    row = fam["aelab"]
+    assert set(fam["variants"]) == {"bf16", "channels_last", "bf16_channels_last"}
+    for name, twin in fam["variants"].items():  # the same step in another layout or precision: the same FLOPs
+        assert twin["gflop_per_step"] == pytest.approx(row["gflop_per_step"], rel=1e-12), name
+        assert twin["bound"] == ("bf16" if name.startswith("bf16") else "fp32")

@@ -62,7 +62,10 @@ def test_train_eval_reconstruct(tmp_path, shared_data):
     # with the speed options on: bfloat16 autocast, and the CAE's stochastic (Hutchinson) Jacobian penalty
     ["vae", "--set", "trainer.precision=bf16"],
     ["cae", "--set", "model.jacobian=hutchinson", "--set", "model.backbone.hidden=[64,32]"],
-], ids=["dae", "vae-bf16", "cae-hutchinson"])
+    # a conv VAE with its weights, batches and Adam moments in channels-last layout, under bf16
+    ["vae", "--set", "model.backbone.kind=conv", "--set", "model.backbone.channels=[8,16]",
+     "--set", "trainer.channels_last=true", "--set", "trainer.precision=bf16"],
+], ids=["dae", "vae-bf16", "cae-hutchinson", "conv-vae-channels-last-bf16"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, shared_data, model):
     args = [model[0], "--data", "mnist-10k", *SMALL, "--set", "trainer.epochs=3", "--set", "trainer.checkpoint_every=5",
             "--set", "trainer.images=false", *model[1:]]

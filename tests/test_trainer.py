@@ -183,3 +183,32 @@ def test_bf16_training_learns_and_resumes_bit_identically(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)  # autocast really was on
     assert abs(full.last_metrics["loss"] - fp32.last_metrics["loss"]) < 0.02 * abs(fp32.last_metrics["loss"])
+
+
+def test_channels_last_puts_weights_batches_and_adam_moments_in_nhwc():
+    torch.manual_seed(0)
+    model = build_model("vae", image_shape=(3, 28, 28), latent_dim=4, backbone={"kind": "conv", "channels": [4, 8]})
+    reference = build_model("vae", image_shape=(3, 28, 28), latent_dim=4, backbone={"kind": "conv", "channels": [4, 8]})
+    reference.load_state_dict(model.state_dict())
+    pixels = (torch.rand(16, 3, 28, 28) > 0.5).to(torch.uint8) * 255
+    data = TensorImageDataset(pixels, torch.zeros(16, dtype=torch.long))
+    seen, loss = [], model.loss
+    model.loss = lambda b, step=None: seen.append(b.x) or loss(b, step)
+    nhwc = Trainer(model, data, None, TrainerConfig(batch_size=8, channels_last=True, images=False, progress=False,
+                                                    iwae_k=0, fused=False))
+    plain = Trainer(reference, data, None, TrainerConfig(batch_size=8, images=False, progress=False, iwae_k=0,
+                                                         fused=False))
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not any(p.is_contiguous() for p in convs)
+    batch = data.get_batch(torch.arange(8))
+    torch.manual_seed(1)
+    logs = nhwc._train_step(batch)
+    torch.manual_seed(1)  # the same reparameterisation noise
+    plain_logs = plain._train_step(batch)
+    assert logs["loss"] == pytest.approx(plain_logs["loss"], rel=1e-5)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    for p in convs:  # Adam's moments follow the weights' layout
+        assert nhwc.optimizer.state[p]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    for (k, a), b in zip(model.named_parameters(), reference.parameters()):  # the same gradients, up to rounding
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=k)

@@ -98,6 +98,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
             states[group].setdefault(int(pid), {})[name] = v
     for group, optimizer in optimizers.items():
         optimizer.load_state_dict({"state": states[group], "param_groups": saved[group]})
+        _state_in_weight_layout(optimizer)
     suffix = f".rank{rank}" if rank else ""
     meta.setdefault("world_size", 1)
     meta["rng_restored"] = f"rng.torch{suffix}" in tensors
@@ -107,6 +108,18 @@ def load_checkpoint(path: Path, model: nn.Module, optimizers: Mapping[str, torch
         if device is not None and f"rng.cuda{suffix}" in tensors:
             torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], device)
     return meta
+
+
+def _state_in_weight_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each weight's optimizer state the weight's memory layout: the checkpoint stores it
+    contiguous, and a channels-last weight's moments (``trainer.channels_last``) must be
+    channels-last again, as in the run that was not interrupted."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_strided(p.shape, p.stride(), dtype=v.dtype, device=v.device).copy_(v)
 
 
 def _cuda_device(model: nn.Module) -> torch.device | None:
