@@ -611,7 +611,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Bound: float32 `torch.mm` {report['settings']['peak_matrix']}^3, best of "
         f"{report['settings']['peak_repeats']}, measured before each round and after the last: {peaks} GFLOP/s; "
         f"the bound is their maximum, {b['fp32_gflops']:.0f} GFLOP/s"
-        + (f" (bfloat16: {min(bf16):.0f}-{max(bf16):.0f} GFLOP/s, not used: every step here is float32)."
+        + (f" (bfloat16: {min(bf16):.0f}-{max(bf16):.0f} GFLOP/s, the bound of the bf16 variants only)."
            if bf16 else "."),
         "",
         "| family | batch | GFLOP / step | ms / step | steps / s | GFLOP/s | fraction of fp32 bound | peer | "
