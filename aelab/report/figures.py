@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,9 +174,15 @@ def plot_image_rows(images: Tensor, path: str | Path, title: str, row_labels: Se
     pad = 2
     grid = make_grid(images.reshape(r * k, c, h, w), nrow=k, pad=pad)  # (H', W', C) uint8
     gh, gw = grid.shape[:2]
-    left = 150 if row_labels is not None else 40
-    fig = _figure(gw * scale + left + 30, gh * scale + 110 + (25 if xlabel else 0))
-    ax = fig.add_subplot()
+    left = 40
+    if row_labels is not None:  # room for the longest label as drawn (mathtext markup takes none)
+        drawn = max((len(re.sub(r"[${}_\\]", "", str(label))) for label in row_labels), default=0)
+        left = max(150, 8 * drawn + 30)
+    top, bottom = 50, 60 + (25 if xlabel else 0)
+    width, height = gw * scale + left + 30, gh * scale + top + bottom
+    fig = _figure(width, height)
+    fig.set_layout_engine("none")  # the grid at its pixel size, the labels in the margins reserved for them
+    ax = fig.add_axes((left / width, bottom / height, gw * scale / width, gh * scale / height))
     ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=255,
               interpolation="nearest")
     centers = lambda n, size: [pad + i * (size + pad) + (size - 1) / 2 for i in range(n)]  # noqa: E731
@@ -192,7 +199,7 @@ def plot_image_rows(images: Tensor, path: str | Path, title: str, row_labels: Se
         ax.set_xlabel(xlabel, fontsize=10)
     if ylabel:
         ax.set_ylabel(ylabel, fontsize=10)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=12, y=1 - 10 / height, va="top")
     return _save(fig, path)
 
 
