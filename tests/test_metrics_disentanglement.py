@@ -34,6 +34,7 @@ from aelab.metrics.disentanglement import (
     dci_from_importance,
     dci_lasso,
     discretize,
+    disentanglement_metric,
     encode_once,
     evaluate_disentanglement,
     evaluate_disentanglement_dlib,
@@ -266,6 +267,30 @@ def test_disentanglement_wrapper_runs_on_dsprites(tiny_dsprites_vae):
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     assert 0 <= out["mig"] <= 1 and 0 <= out["betavae_score"] <= 1
     assert fn(tiny_dsprites_vae, _splits(data), **kw) == out  # seeded
+
+
+def test_channels_last_encoder_is_the_same_function_and_leaves_the_model_alone(tiny_dsprites_vae, monkeypatch):
+    data = DSprites(split_indices(NUM_IMAGES, 0, test_size=100)[1])
+    codes: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    seen_layouts: list[bool] = []
+    real_encode = type(tiny_dsprites_vae).encode
+
+    def spy(self, x):
+        seen_layouts.append(any(p.dim() == 4 and not p.is_contiguous() for p in self.parameters()))  # NHWC weights
+        assert x.is_contiguous(memory_format=torch.channels_last if seen_layouts[-1] else torch.contiguous_format)
+        out = real_encode(self, x)
+        codes[seen_layouts[-1]].append(out.mean)
+        return out
+
+    monkeypatch.setattr(type(tiny_dsprites_vae), "encode", spy)
+    kw = {"protocol": "fast", "n_samples": 200, "n_points": 10, "group_size": 4, "batch_size": 256}
+    nhwc = disentanglement_metric(tiny_dsprites_vae, data, channels_last=True, **kw)
+    plain = disentanglement_metric(tiny_dsprites_vae, data, channels_last=False, **kw)
+    assert codes[True] and codes[False] and len(codes[True]) == len(codes[False])
+    for a, b in zip(codes[True], codes[False]):  # the same images, the same codes up to float rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert nhwc.keys() == plain.keys()
+    assert all(p.is_contiguous() for p in tiny_dsprites_vae.parameters())  # the copy was converted, not the model
 
 
 def test_disentanglement_wrapper_needs_a_renderable_factor_data_set(tiny_dsprites_vae):
