@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _claims import test_records
+from _claims import finished, test_records
 from _host import host_info
 
 from aelab.io import atomic_write_text
@@ -65,7 +65,7 @@ def variant(text: str) -> tuple[str, list[str]]:
 def vq_run(args: argparse.Namespace) -> Path:
     """The VQ-VAE's run directory, trained if it is not there yet."""
     run_dir = Path(args.runs) / "vqvae"
-    if not (run_dir / "metrics.jsonl").is_file() or len(test_records(run_dir)) < args.vq_epochs:
+    if not finished(run_dir, args.vq_epochs):
         shutil.rmtree(run_dir, ignore_errors=True)
         data = {"name": "fashion-mnist", "root": str(args.data_dir), "train_subset": args.train_subset}
         cfg = RunConfig.from_dict({"model": "vqvae", "data": data,

@@ -44,6 +44,7 @@ from aelab.metrics.latent import collect_latent_statistics
 from aelab.metrics.reconstruction import evaluate_reconstruction
 from aelab.report.figures import latent_traversal, plot_image_rows, top_dimensions, traversal_values
 from aelab.runs import RunConfig, load_run, train_run
+from aelab.training.trainer import read_metrics
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STEPS = 11_000
@@ -115,7 +116,7 @@ def curves(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(args.runs) / row / f"seed{seed}"
     if not (run_dir / "metrics.jsonl").is_file():
         return {"row": row, "seed": seed, "missing": True}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = read_metrics(run_dir / "metrics.jsonl")
     test = [r for r in records if r["split"] == "test"]
     model_config = json.loads((run_dir / "config.json").read_text())["model_config"]
     settings = {k: v for k, v in model_config.items() if k in MODELS[row][1] or k in dict(args.set) or k == "c_steps"}
